@@ -1,0 +1,168 @@
+"""`keras-mcv` command line: parses arguments, then calls library functions.
+
+Subcommands: run, list, tune, compare, report, bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_report_parser(sub) -> None:
+    """Add `keras-mcv report DIR [--out OUT]` to the subparsers `sub`."""
+    p = sub.add_parser(
+        "report",
+        help="tables (thesis Table 4.5) and plots from saved run records",
+        description="Read every run record (*.json) under DIR and write report.md "
+        "and PNG plots; print the Markdown and the paths written.",
+    )
+    p.add_argument("directory", metavar="DIR", help="directory of saved runs, walked recursively")
+    p.add_argument("--out", default=None, help="output directory. Defaults to DIR.")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args) -> int:
+    """Run `keras-mcv report`: build the report, print it, the warnings and the files."""
+    from keras_mcv import runs
+
+    try:
+        report = runs.build_report(args.directory, out_dir=args.out)
+    except FileNotFoundError as e:
+        print(f"keras-mcv report: {e}", file=sys.stderr)
+        return 2
+    print(report.markdown)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for path in report.files:
+        print(f"wrote {path}")
+    if not report.records:
+        print(f"keras-mcv report: no run records under {args.directory}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_tune_parser(sub) -> None:
+    """Add `keras-mcv tune RECIPE [...]` (macro-CV baseline, thesis 4.5) to `sub`."""
+    p = sub.add_parser(
+        "tune",
+        help="macro cross-validation grid search on Keras Tuner (thesis 4.5)",
+        description="Grid over optimizer x learning rate, then decays for the best SGD "
+        "learning rate; each configuration is scored by early stopping on REPEATS "
+        "stratified 80/20 splits, retrained on all training data and tested. "
+        "Resumes from OUT/tuner unless --overwrite. Runs as Keras Tuner's "
+        "distributed search when KERASTUNER_TUNER_ID/_ORACLE_IP/_ORACLE_PORT are set "
+        "(start the same command on the chief and on every worker).",
+    )
+    p.add_argument("recipe", metavar="RECIPE", help="recipe name, e.g. digits_small_cnn")
+    p.add_argument("--optimizers", default="sgd,adam",
+                   help="comma-separated subset of sgd,adam. Defaults to sgd,adam.")
+    p.add_argument("--lrs", default="0.1,0.01,0.001,0.0001",
+                   help="comma-separated stage-1 learning rates. "
+                   "Defaults to 0.1,0.01,0.001,0.0001.")
+    p.add_argument("--decays", default="0.001,0.0005,0.0001",
+                   help="comma-separated stage-2 decay rates for the best SGD learning "
+                   "rate; 'none' skips stage 2. Defaults to 0.001,0.0005,0.0001.")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="stratified splits per configuration. Defaults to 5.")
+    p.add_argument("--patience", type=int, default=20,
+                   help="early-stopping patience in epochs. Defaults to 20.")
+    p.add_argument("--max-epochs", type=int, default=100,
+                   help="epoch cap of each split run. Defaults to 100.")
+    p.add_argument("--subset", type=int, default=None,
+                   help="keep the first N training examples (stratified). Defaults to all.")
+    p.add_argument("--data", default=None,
+                   help="dataset location. Defaults to the recipe's.")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="batch size. Defaults to the recipe's.")
+    p.add_argument("--seed", type=int, default=0,
+                   help="base seed of splits and initialisations. Defaults to 0.")
+    p.add_argument("--out", default=None,
+                   help="output directory. Defaults to saved_runs/RECIPE/macro.")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh instead of resuming OUT/tuner.")
+    p.add_argument("--verbose", type=int, default=1,
+                   help="0 quiet, 1 Keras Tuner trial display, 2 also fit progress. "
+                   "Defaults to 1.")
+    p.set_defaults(func=_cmd_tune)
+
+
+def _cmd_tune(args) -> int:
+    """Run `keras-mcv tune`: load the recipe and data, run the grid, print and save it."""
+    import os
+
+    def floats(text, flag):
+        if text.strip().lower() in ("", "none"):
+            return ()
+        try:
+            return tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise ValueError(
+                f"{flag} {text!r} is not a comma-separated list of numbers, "
+                f"e.g. {flag} 0.1,0.01"
+            ) from None
+
+    try:
+        import recipes
+
+        config = recipes.get_recipe(args.recipe).get_config()
+    except (ImportError, KeyError, ValueError) as e:
+        print(f"keras-mcv tune: unknown recipe {args.recipe!r}: {e}", file=sys.stderr)
+        return 2
+    from keras_mcv import macro
+
+    out = args.out or os.path.join("saved_runs", config.name, "macro")
+    try:
+        lrs = floats(args.lrs, "--lrs")
+        decays = floats(args.decays, "--decays")
+        optimizers = tuple(o.strip() for o in args.optimizers.split(",") if o.strip())
+        data_path = args.data if args.data is not None else config.data_path
+        data = config.load_data(data_path, args.subset)
+        result = macro.run_macro_cv(
+            config.build_model, data,
+            batch_size=args.batch_size or config.batch_size,
+            optimizers=optimizers, learning_rates=lrs, decays=decays,
+            repeats=args.repeats, patience=args.patience, max_epochs=args.max_epochs,
+            momentum=config.momentum, project_dir=os.path.join(out, "tuner"),
+            overwrite=args.overwrite, seed=args.seed, verbose=args.verbose,
+        )
+    except ValueError as e:
+        print(f"keras-mcv tune: {e}", file=sys.stderr)
+        return 2
+    if result is None:
+        print(f"worker {os.environ.get('KERASTUNER_TUNER_ID')}: search finished; "
+              "the chief writes the table.")
+        return 0
+    path = result.save(out, recipe=config.name)
+    print(result.to_markdown())
+    if result.winner is not None:
+        print(f"winner: {result.winner.label()}")
+    print(f"total wall time: {result.wall_time_s:.1f} s")
+    print(f"wrote {path} and {os.path.join(out, macro.TABLE_NAME)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keras-mcv",
+        description="Learning-rate search by micro cross-validation (Keras 3).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    # --- run / list (core) ---
+    # --- tune (macro-CV baseline) ---
+    _add_tune_parser(sub)
+    # --- compare / report ---
+    _add_report_parser(sub)
+    # --- bench ---
+    del sub
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,683 @@
+"""Keras models that train by micro cross-validation (MCV).
+
+Every batch that `fit` delivers is split into a training half (`batch_1`) and
+a validation half (`batch_2`). The gradient is computed once on `batch_1`;
+candidate steps are tried and judged on `batch_2`, and every variable they
+touched is restored bit for bit before the actual step is taken:
+
+```
+g = grad L(batch_1)                      # the actual step's forward + backward
+snapshot(weights, optimizer slots, BN statistics, seed states, metrics)
+pre = L(batch_2)                         # restored after
+for lr in candidates:                    # restored after each
+    apply(g, lr); loss[lr] = L(batch_2)
+decide; apply(g, chosen lr)              # the step plain Keras would take
+```
+The three families differ in what they try and how they decide:
+`DiscardModel` (thesis Algorithm 3), `VotingModel` (Algorithms 4-6) and
+`SearchModel` (Algorithms 7-8, Methods 1-3).
+
+References: thesis chapter 3; `../shared/DESIGN.md`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_mcv import cost, policies, trials
+
+MCV_METRIC_NAMES = ("lr", "mcv_val_loss", "discard_rate")
+
+
+class _Runtime:
+    """Per-instance Python state kept out of Keras/TF attribute tracking.
+
+    Keras and TensorFlow wrap lists and dicts assigned to a layer; this plain
+    holder keeps compiled functions, snapshots and the epoch log as they are.
+    """
+
+    def __init__(self):
+        self.functions = {}
+        self.mode = ("trial",)
+        self.steps = 0
+        self.traces = 0
+        self.state_snapshot = None
+        self.step_snapshot = None
+        self.history = []
+
+
+class MCVModel(keras.Model):
+    """Base class of the MCV models: the trial machinery shared by all methods.
+
+    Build it like a functional `keras.Model` (`Model(inputs, outputs, ...)`) or
+    wrap an existing model with `wrap`. Subclasses implement `_run_trials`
+    (which must leave every variable as it found it) and `_finish_step`.
+
+    Args:
+        validation_fraction: fraction `f` of each batch that validates: the last
+            `floor(f * n)` examples of a batch of `n`. Defaults to 0.5.
+        trial_every: run the trials on every N-th step only (the actual step
+            runs on every step, on the training half). Defaults to 1, the thesis.
+        trial_training: evaluate candidates with `training=True` semantics
+            (BatchNorm batch statistics, the same dropout mask for every
+            candidate of a step). False evaluates in inference mode.
+            Defaults to True.
+
+    References: thesis chapter 3; DESIGN.md "The micro cross-validation step".
+    """
+
+    method_name = None
+
+    def __init__(
+        self,
+        *args,
+        validation_fraction: float = 0.5,
+        trial_every: int = 1,
+        trial_training: bool = True,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        if not isinstance(validation_fraction, (int, float)) or not (
+            0.0 < float(validation_fraction) < 1.0
+        ):
+            raise ValueError(
+                f"`validation_fraction` must be in (0, 1), got {validation_fraction!r}. "
+                "Use e.g. 0.5 to validate on half of each batch."
+            )
+        if isinstance(trial_every, bool) or not isinstance(trial_every, int) or trial_every < 1:
+            raise ValueError(
+                f"`trial_every` must be an integer >= 1, got {trial_every!r}. "
+                "Use 1 to run trials on every step (the thesis)."
+            )
+        self.validation_fraction = float(validation_fraction)
+        self.trial_every = int(trial_every)
+        self.trial_training = bool(trial_training)
+        self._mcv = _Runtime()
+        self._mcv_state = []
+        self.mcv_ops = self._state_weight("mcv_ops", (3,), "int64", "zeros")
+        self.mcv_untrialed_steps = self._state_weight(
+            "mcv_untrialed_steps", (), "int64", "zeros"
+        )
+        self.lr_tracker = keras.metrics.Mean(name="lr")
+        self.mcv_val_loss_tracker = keras.metrics.Mean(name="mcv_val_loss")
+
+    # ------------------------------------------------------------------ build
+
+    @classmethod
+    def wrap(cls, model: keras.Model, *, input_shape=None, name=None, **kwargs):
+        """An MCV model that shares the layers (and weights) of `model`.
+
+        Works for Functional and Sequential models with known inputs, and for
+        subclassed models given `input_shape` (the shape without the batch axis).
+
+        Args:
+            model: the model to train with MCV.
+            input_shape: needed only when `model` has no defined inputs.
+            name: the new model's name. Defaults to `model.name`.
+            **kwargs: the MCV arguments of `cls`.
+        """
+        try:
+            inputs, outputs = model.inputs, model.outputs
+        except (AttributeError, ValueError):
+            inputs = outputs = None
+        if inputs and outputs:
+            # A one-element list would make the new model's output a list.
+            inputs = inputs[0] if len(inputs) == 1 else inputs
+            outputs = outputs[0] if len(outputs) == 1 else outputs
+        else:
+            if input_shape is None:
+                raise ValueError(
+                    f"Cannot wrap {type(model).__name__} {model.name!r}: it has no "
+                    "defined inputs. Pass `input_shape=` (without the batch axis), "
+                    "e.g. `wrap(model, input_shape=(32, 32, 3))`."
+                )
+            inputs = keras.Input(shape=tuple(input_shape))
+            outputs = model(inputs)
+        return cls(inputs, outputs, name=name or model.name, **kwargs)
+
+    def _state_weight(self, name, shape, dtype, initializer):
+        """A non-trainable variable of MCV state, saved with the model's weights.
+
+        `only_first_replica`: every replica computes the same value (decisions
+        use losses reduced across replicas), so one copy is authoritative.
+        """
+        v = self.add_weight(
+            name=name,
+            shape=shape,
+            dtype=dtype,
+            initializer=initializer,
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+        self._mcv_state.append(v)
+        return v
+
+    @property
+    def mcv_state_variables(self) -> list:
+        """The variables of MCV state (LR, candidates, votes, accumulators, counters)."""
+        return list(self._mcv_state)
+
+    def network_variables(self) -> list:
+        """Every model variable that is not MCV state (weights, BN statistics, seeds)."""
+        state = {id(v) for v in self._mcv_state}
+        return [v for v in self.variables if id(v) not in state]
+
+    @property
+    def mcv_history(self) -> list:
+        """One dict per finished epoch: candidates, their average losses, chosen LR."""
+        return self._mcv.history
+
+    @property
+    def trace_count(self) -> int:
+        """How many times `train_step` has been traced (each trace runs its Python once)."""
+        return self._mcv.traces
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            validation_fraction=self.validation_fraction,
+            trial_every=self.trial_every,
+            trial_training=self.trial_training,
+        )
+        return config
+
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        self._check_optimizer()
+
+    def compile_from_config(self, config):
+        # Keras skips compiling a loaded model whose class overrides `compile`;
+        # ours only adds a check, so compile as Keras would.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)
+
+    def _check_optimizer(self):
+        """Refuse what cannot work before any training time is spent."""
+
+    def _uses_schedule(self) -> bool:
+        # A plain learning rate is a variable; a schedule (or callable) is
+        # evaluated by the `learning_rate` property into a tensor.
+        return not isinstance(self.optimizer.learning_rate, keras.Variable)
+
+    def _mcv_build(self):
+        """Create the snapshots once, outside `tf.function`."""
+        if self._mcv.state_snapshot is not None:
+            return
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+        state_ids = {id(v) for v in self._mcv_state}
+        trainable_ids = {id(v) for v in self.trainable_variables}
+        # A training-mode forward changes BatchNorm statistics, seed states and
+        # (through compute_loss) loss-tracking metrics; a step changes weights
+        # and every optimizer variable, `iterations` included.
+        forward_touched = [
+            v
+            for v in self.variables + self.metrics_variables
+            if id(v) not in state_ids and id(v) not in trainable_ids
+        ]
+        step_touched = list(self.trainable_variables) + list(self.optimizer.variables)
+        with self.distribute_strategy.scope():
+            self._mcv.state_snapshot = trials.Snapshot(forward_touched, "mcv_state")
+            self._mcv.step_snapshot = trials.Snapshot(step_touched, "mcv_step")
+
+    # --------------------------------------------------------------- dispatch
+
+    def make_train_function(self, force=False):
+        """One compiled function per step kind, chosen per step in Python.
+
+        Steps with trials and steps without (`trial_every` > 1) are different
+        graphs; choosing between them in Python rather than with `tf.cond`
+        keeps `optimizer.apply` out of control flow and each graph traced once.
+        """
+        if self.train_function is not None and not force:
+            return self.train_function
+        self._check_optimizer()
+        self._mcv_build()
+        runtime = self._mcv
+        runtime.functions = {}
+
+        def function_for(mode):
+            if mode not in runtime.functions:
+                runtime.mode = mode
+                super(MCVModel, self).make_train_function(force=True)
+                runtime.functions[mode] = self.train_function
+                self.train_function = dispatch
+            return runtime.functions[mode]
+
+        def dispatch(iterator):
+            trial = runtime.steps % self.trial_every == 0
+            runtime.steps += 1
+            mode = self._trial_mode() if trial else ("plain",)
+            fn = function_for(mode)
+            runtime.mode = mode  # read by train_step if this call traces
+            return fn(iterator)
+
+        self.train_function = dispatch
+        return dispatch
+
+    def _trial_mode(self):
+        return ("trial",)
+
+    # ----------------------------------------------------------------- step
+
+    def train_step(self, data):
+        self._mcv.traces += 1
+        mode = self._mcv.mode
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        train, val, has_val = trials.split_batch(
+            (x, y, sample_weight), self.validation_fraction
+        )
+        if mode[0] == "plain":
+            has_val = tf.constant(False)
+        loss, y_pred, grads = self._gradient(train)
+        if mode[0] == "plain":
+            lr = self._apply(grads, self._current_lr())
+            outcome = {"lr": lr, "pre_loss": None, "discarded": None}
+            self.mcv_ops.assign_add(tf.constant(cost.BASELINE, tf.int64))
+        else:
+            self._mcv.state_snapshot.save()
+            self._mcv.step_snapshot.save()
+            tried = self._run_trials(grads, train, val)
+            outcome = self._finish_step(grads, tried, has_val)
+            self.mcv_ops.assign_add(tf.constant(self._step_cost(), tf.int64))
+        self.mcv_untrialed_steps.assign_add(tf.cast(tf.logical_not(has_val), tf.int64))
+        return self._update_metrics(train, loss, y_pred, outcome, has_val)
+
+    def _gradient(self, batch):
+        x, y, sample_weight = batch
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+            scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, self.trainable_variables)
+        return loss, y_pred, grads
+
+    def _apply(self, grads, lr=None):
+        """Apply `grads` with the optimizer, at `lr` if given; returns the LR used."""
+        if lr is not None:
+            self.optimizer.learning_rate.assign(tf.cast(lr, self.optimizer.learning_rate.dtype))
+        used = tf.identity(tf.cast(self.optimizer.learning_rate, tf.float32))
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return used
+
+    def _eval(self, batch):
+        """Loss on `batch` (reduced across replicas), then undo the forward's side effects."""
+        x, y, sample_weight = batch
+        y_pred = self(x, training=self.trial_training)
+        loss = self.compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+            training=self.trial_training,
+        )
+        loss = trials.replica_mean(tf.cast(loss, tf.float32))
+        self._mcv.state_snapshot.restore()
+        return loss
+
+    def _try(self, grads, lr, batches):
+        """Losses on `batches` after one candidate step at `lr`, then restore the step."""
+        self._apply(grads, lr)
+        losses = [self._eval(b) for b in batches]
+        self._mcv.step_snapshot.restore()
+        return losses
+
+    def _update_metrics(self, train, loss, y_pred, outcome, has_val):
+        x, y, sample_weight = train
+        loss_tracker = next(m for m in self.metrics if m.name == "loss")
+        n = tf.shape(tf.nest.flatten(x)[0])[0]
+        loss_tracker.update_state(trials.replica_mean(loss), sample_weight=n)
+        self.lr_tracker.update_state(outcome["lr"])
+        weight = tf.cast(has_val, tf.float32)
+        if outcome["pre_loss"] is not None:
+            self.mcv_val_loss_tracker.update_state(outcome["pre_loss"], sample_weight=weight)
+        if outcome["discarded"] is not None and hasattr(self, "discard_tracker"):
+            self.discard_tracker.update_state(
+                tf.cast(outcome["discarded"], tf.float32), sample_weight=weight
+            )
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def test_step(self, data):
+        logs = super().test_step(data)
+        return {k: v for k, v in logs.items() if k not in MCV_METRIC_NAMES}
+
+    # -------------------------------------------------------------- hooks
+
+    def _current_lr(self):
+        """The LR of a step without trials (None: the optimizer's own)."""
+        return None
+
+    def _run_trials(self, grads, train, val) -> dict:
+        """Evaluate the candidates; every variable ends as it started."""
+        raise NotImplementedError
+
+    def _finish_step(self, grads, tried, has_val) -> dict:
+        """Decide and take the actual step; returns `lr`, `pre_loss`, `discarded`."""
+        raise NotImplementedError
+
+    def _step_cost(self):
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- fit
+
+    def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
+        self._check_batch_size(x, batch_size)
+        return super().fit(x, y, batch_size, *args, **kwargs)
+
+    def _check_batch_size(self, x, batch_size):
+        """A batch must split into a non-empty training and validation half."""
+        if batch_size is None and isinstance(x, tf.data.Dataset):
+            dim = tf.nest.flatten(x.element_spec)[0].shape
+            batch_size = dim[0] if dim.rank else None
+        elif batch_size is None and not isinstance(x, tf.data.Dataset) and x is not None:
+            batch_size = 32  # Keras's default for arrays
+        if batch_size is None:
+            return
+        n_val = math.floor(self.validation_fraction * batch_size)
+        if batch_size < 2 or n_val < 1:
+            raise ValueError(
+                f"batch_size={batch_size} cannot be split into a training half and "
+                f"a validation half of {self.validation_fraction:g} of the batch. "
+                f"Use batch_size >= {max(2, math.ceil(1 / self.validation_fraction))}."
+            )
+
+    def ops_counts(self) -> dict:
+        """Forward, backward and step operations run so far (in-graph counters)."""
+        f, b, s = (int(v) for v in np.asarray(self.mcv_ops.numpy()))
+        return {"forward": f, "backward": b, "step": s}
+
+
+@keras.saving.register_keras_serializable(package="keras_mcv")
+class DiscardModel(MCVModel):
+    """MCV-discard: take the step, keep it only if the validation half agrees.
+
+    ```
+    pre  = L(batch_2)
+    apply(grad L(batch_1))          # the optimizer's own LR (a schedule is fine)
+    post = L(batch_2)
+    if post > pre: restore weights and optimizer (discard)
+    ```
+    Logs `discard_rate`, the fraction of discarded steps per epoch.
+    Cost per step: 3 forward, 1 backward, 1 step.
+
+    Args:
+        **kwargs: `validation_fraction`, `trial_every`, `trial_training` (see
+            `MCVModel`) and the arguments of `keras.Model`.
+
+    References: thesis section 3.1, Algorithm 3.
+    """
+
+    method_name = "discard"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.discard_tracker = keras.metrics.Mean(name="discard_rate")
+
+    def _run_trials(self, grads, train, val):
+        return {"pre": self._eval(val), "val": val}
+
+    def _finish_step(self, grads, tried, has_val):
+        # The trial is the actual step: take it, then undo it if the loss rose.
+        lr = self._apply(grads)
+        post = self._eval(tried["val"])
+        discard = tf.logical_and(has_val, trials.should_discard(tried["pre"], post))
+        self._mcv.step_snapshot.restore_where(discard)
+        return {"lr": lr, "pre_loss": tried["pre"], "discarded": discard}
+
+    def _step_cost(self):
+        return cost.step_cost("discard")
+
+
+class _CandidateModel(MCVModel):
+    """Shared argument checks of the models that choose the learning rate."""
+
+    def _check_optimizer(self):
+        if getattr(self, "optimizer", None) is not None and self._uses_schedule():
+            raise ValueError(
+                f"{type(self).__name__} chooses the learning rate itself, so the "
+                "optimizer's learning_rate must be a plain number, not a schedule. "
+                "Pass e.g. "
+                "`keras.optimizers.SGD(momentum=0.9)`, or use DiscardModel to keep "
+                "a schedule."
+            )
+
+
+@keras.saving.register_keras_serializable(package="keras_mcv")
+class VotingModel(_CandidateModel):
+    """MCV-lr-voting: every step votes for a candidate LR; the top vote trains.
+
+    ```
+    history = [1/K] * K
+    each step:
+        best = argmin {L_k(batch_2) : L_k < L_pre(batch_2)}   or none
+        history = ema * onehot(best) + (1 - ema) * history     (none: all decay)
+        step at candidates[argmax history]; discarded if best is none
+    ```
+    Cost per step: K + 2 forward, 1 backward, K + 1 step.
+
+    Args:
+        candidates: the fixed candidate list. Defaults to
+            `[1e-1, 1e-2, 1e-3, 1e-4]`.
+        ema: weight of the newest vote, in (0, 1]. The thesis leaves it open.
+            Defaults to 0.1.
+        **kwargs: see `MCVModel`.
+
+    References: thesis section 3.2, Algorithms 4-6.
+    """
+
+    method_name = "voting"
+
+    def __init__(self, *args, candidates=policies.DEFAULT_CANDIDATES, ema=0.1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.candidates = policies.validate_candidates(candidates)
+        if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not (0.0 < ema <= 1.0):
+            raise ValueError(
+                f"`ema` must be in (0, 1], got {ema!r}. Use e.g. 0.1 (slow) to 1.0 "
+                "(only the newest vote counts)."
+            )
+        self.ema = float(ema)
+        k = len(self.candidates)
+        self.mcv_candidates = self._state_weight("mcv_candidates", (k,), "float64", "zeros")
+        self.mcv_votes = self._state_weight("mcv_votes", (k,), "float64", "zeros")
+        # Constant initializers compute in float32; assign to keep float64 values exact.
+        self.mcv_candidates.assign(np.asarray(self.candidates, "float64"))
+        self.mcv_votes.assign(policies.initial_votes(k))
+        self.discard_tracker = keras.metrics.Mean(name="discard_rate")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(candidates=list(self.candidates), ema=self.ema)
+        return config
+
+    def _current_lr(self):
+        return tf.gather(self.mcv_candidates, trials.top_candidate(self.mcv_votes))
+
+    def _run_trials(self, grads, train, val):
+        pre = self._eval(val)
+        losses = tf.stack(
+            [self._try(grads, self.mcv_candidates[k], [val])[0] for k in range(len(self.candidates))]
+        )
+        return {"pre": pre, "losses": losses}
+
+    def _finish_step(self, grads, tried, has_val):
+        pre = tried["pre"]
+        best = tf.where(has_val, trials.best_candidate(tried["losses"], pre), -1)
+        votes = trials.update_votes(self.mcv_votes, best, self.ema)
+        self.mcv_votes.assign(tf.where(has_val, votes, self.mcv_votes))
+        lr = self._apply(grads, self._current_lr())
+        discard = tf.logical_and(has_val, best < 0)
+        self._mcv.step_snapshot.restore_where(discard)
+        return {"lr": lr, "pre_loss": pre, "discarded": discard}
+
+    def _step_cost(self):
+        return cost.step_cost("voting", len(self.candidates))
+
+
+@keras.saving.register_keras_serializable(package="keras_mcv")
+class SearchModel(_CandidateModel):
+    """Adaptive LR search: a constant LR per epoch, chosen from MCV loss averages.
+
+    ```
+    epoch 1: candidates = initial list, lr = min(candidates)
+    each step: for each candidate c_k, after a trial step at c_k
+        score_k += (1 - alpha) * L_k(batch_2) + alpha * L_k(batch_1)
+        pre     += L(batch_2) before the step;  then step at lr
+    epoch end: lr = select_lr(method, averages)          (EpochLRSelection)
+               candidates = [5, 2, 4/3, 1, 3/4, 1/2, 1/5] * lr
+    ```
+    Method 1: alpha = 0, the minimum. Method 2: alpha in [0, 1], the minimum.
+    Method 3: alpha = 0, the largest candidate whose average validation loss is
+    below the average pre-step loss, else the minimum. The epoch-end selection
+    runs in the `keras_mcv.callbacks.EpochLRSelection` callback, which `fit`
+    adds when it is missing. Cost per step: K + 2 forward (Method 2 with
+    alpha > 0: 2K + 2), 1 backward, K + 1 step.
+
+    Args:
+        method: 1, 2 or 3. Defaults to 1.
+        alpha: weight of the training-half loss in Method 2's score. Defaults to
+            0.5 for Method 2 and 0 otherwise (Methods 1 and 3 require 0).
+        candidates: the first epoch's candidate list. Defaults to
+            `[1e-1, 1e-2, 1e-3, 1e-4]`.
+        **kwargs: see `MCVModel`.
+
+    References: thesis section 3.2, Algorithms 7-8.
+    """
+
+    method_name = "search"
+
+    def __init__(self, *args, method=1, alpha=None, candidates=policies.DEFAULT_CANDIDATES, **kwargs):
+        super().__init__(*args, **kwargs)
+        if method not in (1, 2, 3) or isinstance(method, bool):
+            raise ValueError(
+                f"`method` must be 1, 2 or 3, got {method!r} (1: minimum validation "
+                "loss, 2: validation and training loss mixed by alpha, 3: largest LR "
+                "that lowers the loss)."
+            )
+        if alpha is None:
+            alpha = 0.5 if method == 2 else 0.0
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0.0 <= alpha <= 1.0):
+            raise ValueError(f"`alpha` must be in [0, 1], got {alpha!r}. Use e.g. 0.5.")
+        if method != 2 and alpha != 0:
+            raise ValueError(
+                f"Method {method} uses the validation loss only (alpha = 0), got "
+                f"alpha={alpha!r}. Use method=2 to mix in the training loss."
+            )
+        self.method = int(method)
+        self.alpha = float(alpha)
+        self.candidates = policies.validate_candidates(candidates)
+        self._num_candidates = len(self.candidates)
+        slots = max(len(self.candidates), len(policies.SEARCH_FACTORS))
+        padded = np.zeros(slots)
+        padded[: len(self.candidates)] = self.candidates
+        self.mcv_lr = self._state_weight("mcv_lr", (), "float64", "zeros")
+        # Constant initializers compute in float32; assign to keep float64 values exact.
+        self.mcv_lr.assign(min(self.candidates))
+        self.mcv_candidates = self._state_weight("mcv_candidates", (slots,), "float64", "zeros")
+        self.mcv_candidates.assign(padded)
+        self.mcv_num_candidates = self._state_weight(
+            "mcv_num_candidates", (), "int64",
+            keras.initializers.Constant(len(self.candidates)),
+        )
+        self.mcv_score_sum = self._state_weight("mcv_score_sum", (slots,), "float64", "zeros")
+        self.mcv_val_sum = self._state_weight("mcv_val_sum", (slots,), "float64", "zeros")
+        self.mcv_pre_sum = self._state_weight("mcv_pre_sum", (), "float64", "zeros")
+        self.mcv_trial_count = self._state_weight("mcv_trial_count", (), "float64", "zeros")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(method=self.method, alpha=self.alpha, candidates=list(self.candidates))
+        return config
+
+    def _trial_mode(self):
+        # The candidate count is static in the graph: the first epoch's list
+        # and the 7-element lists after it are two graphs, each traced once.
+        return ("trial", int(self.mcv_num_candidates.numpy()))
+
+    def _current_lr(self):
+        return self.mcv_lr
+
+    def _run_trials(self, grads, train, val):
+        k = self._mcv.mode[1]
+        pre = self._eval(val)
+        batches = [val, train] if self.alpha > 0 else [val]
+        tried = [self._try(grads, self.mcv_candidates[i], batches) for i in range(k)]
+        val_losses = trials.as_scores(tf.stack([t[0] for t in tried]))
+        if self.alpha > 0:
+            train_losses = trials.as_scores(tf.stack([t[1] for t in tried]))
+            scores = trials.as_scores(
+                (1.0 - self.alpha) * val_losses + self.alpha * train_losses
+            )
+        else:
+            scores = val_losses
+        return {"pre": pre, "val_losses": val_losses, "scores": scores}
+
+    def _finish_step(self, grads, tried, has_val):
+        pre, val_losses, scores = tried["pre"], tried["val_losses"], tried["scores"]
+        pad = [[0, self.mcv_score_sum.shape[0] - self._mcv.mode[1]]]
+        on = tf.cast(has_val, tf.float64)
+        # inf * 0 is NaN: select instead of multiplying on steps without trials.
+        zero = tf.zeros_like(self.mcv_score_sum)
+        self.mcv_score_sum.assign_add(
+            tf.where(has_val, tf.pad(tf.cast(scores, tf.float64), pad), zero)
+        )
+        self.mcv_val_sum.assign_add(
+            tf.where(has_val, tf.pad(tf.cast(val_losses, tf.float64), pad), zero)
+        )
+        self.mcv_pre_sum.assign_add(tf.where(has_val, tf.cast(pre, tf.float64), 0.0))
+        self.mcv_trial_count.assign_add(on)
+        lr = self._apply(grads, self.mcv_lr)
+        return {"lr": lr, "pre_loss": pre, "discarded": None}
+
+    def _step_cost(self):
+        return cost.step_cost(f"search{self.method}", self._mcv.mode[1], self.alpha)
+
+    def end_epoch(self, epoch: int) -> dict:
+        """Choose the next epoch's LR from this epoch's averages and reset them.
+
+        Returns the epoch's summary, also appended to `mcv_history`: the LR
+        used, the candidates, their average scores and validation losses, the
+        average pre-step loss and the next LR. Called by `EpochLRSelection`.
+        """
+        k = int(self.mcv_num_candidates.numpy())
+        count = float(self.mcv_trial_count.numpy())
+        lr = float(self.mcv_lr.numpy())
+        candidates = [float(c) for c in self.mcv_candidates.numpy()[:k]]
+        entry = {"epoch": int(epoch), "lr": lr, "candidates": candidates, "trial_steps": int(count)}
+        if count > 0:
+            with np.errstate(invalid="ignore"):
+                avg_scores = self.mcv_score_sum.numpy()[:k] / count
+                avg_val = self.mcv_val_sum.numpy()[:k] / count
+            avg_pre = float(self.mcv_pre_sum.numpy()) / count
+            next_lr = policies.select_lr(self.method, candidates, avg_scores, avg_val, avg_pre)
+            entry.update(
+                candidate_losses=[float(v) for v in avg_scores],
+                candidate_val_losses=[float(v) for v in avg_val],
+                pre_loss=avg_pre,
+                next_lr=next_lr,
+            )
+            next_candidates = policies.candidate_list(next_lr)
+            slots = self.mcv_candidates.shape[0]
+            padded = np.zeros(slots)
+            padded[: len(next_candidates)] = next_candidates
+            self.mcv_lr.assign(next_lr)
+            self.mcv_candidates.assign(padded)
+            self.mcv_num_candidates.assign(len(next_candidates))
+        else:
+            entry.update(candidate_losses=None, candidate_val_losses=None, pre_loss=None, next_lr=lr)
+        for v in (self.mcv_score_sum, self.mcv_val_sum):
+            v.assign(np.zeros(v.shape))
+        self.mcv_pre_sum.assign(0.0)
+        self.mcv_trial_count.assign(0.0)
+        self._mcv.history.append(entry)
+        return entry
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        from keras_mcv.callbacks import EpochLRSelection
+
+        callbacks = list(callbacks or [])
+        if not any(isinstance(c, EpochLRSelection) for c in callbacks):
+            callbacks.insert(0, EpochLRSelection())
+        return super().fit(*args, callbacks=callbacks, **kwargs)

@@ -1,0 +1,147 @@
+"""In-graph machinery of micro cross-validation: split, snapshot/restore, decide.
+
+Everything here runs inside the `tf.function` that Keras builds around
+`train_step`. Keras does not autograph-convert `train_step`, so control flow is
+written with tensor ops (`tf.where`), never Python `if` on tensors. Branch-free
+code also keeps `optimizer.apply` out of `tf.cond`/`tf.while_loop`, where
+`tf.distribute` cannot run it.
+
+The decision functions are twins of those in `keras_mcv.policies` and are
+tested against them.
+
+References: thesis chapter 3; `../shared/DESIGN.md`, "The micro cross-validation step".
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+INF = float("inf")
+
+
+def split_batch(data, validation_fraction: float):
+    """Split a batch into a training half and a validation half.
+
+    The last `floor(f * n)` examples of a batch of `n` validate; the first
+    `n - floor(f * n)` train, so an odd batch puts the extra example in training.
+
+    Args:
+        data: a nested structure of tensors (or None) sharing the batch axis.
+        validation_fraction: the fraction `f` in (0, 1).
+
+    Returns:
+        `(train_part, val_part, has_val)`: two structures like `data` and a
+        boolean scalar, False when the validation half is empty (a batch of one).
+    """
+    flat = [t for t in tf.nest.flatten(data) if t is not None]
+    n = tf.shape(flat[0])[0]
+    n_val = tf.cast(
+        tf.floor(validation_fraction * tf.cast(n, tf.float64)), tf.int32
+    )
+    n_train = n - n_val
+
+    def take(t, start, stop):
+        return None if t is None else t[start:stop]
+
+    train = tf.nest.map_structure(lambda t: take(t, 0, n_train), data)
+    val = tf.nest.map_structure(lambda t: take(t, n_train, n), data)
+    return train, val, n_val > 0
+
+
+def as_scores(loss):
+    """A loss with NaN and +-inf replaced by +inf (twin of `policies.as_scores`)."""
+    loss = tf.convert_to_tensor(loss)
+    return tf.where(tf.math.is_finite(loss), loss, tf.constant(INF, loss.dtype))
+
+
+def first_index_of(mask):
+    """Index of the first True of a 1-D boolean tensor (its length if none).
+
+    `tf.argmin`/`tf.argmax` do not promise which index wins a tie; the pure
+    policies take the first, and so does this.
+    """
+    k = tf.shape(mask)[0]
+    return tf.reduce_min(tf.where(mask, tf.range(k), k))
+
+
+def best_candidate(losses, pre_loss):
+    """Twin of `policies.best_candidate`: lowest loss below `pre_loss`, or -1."""
+    scores = as_scores(losses)
+    pre = as_scores(tf.cast(pre_loss, scores.dtype))
+    lowering = scores < pre
+    masked = tf.where(lowering, scores, tf.constant(INF, scores.dtype))
+    index = first_index_of(tf.logical_and(lowering, masked <= tf.reduce_min(masked)))
+    return tf.where(tf.reduce_any(lowering), index, -1)
+
+
+def update_votes(history, best_index, ema):
+    """Twin of `policies.update_votes` (an index of -1 is "no vote")."""
+    vote = tf.one_hot(best_index, tf.shape(history)[0], dtype=history.dtype)
+    return ema * vote + (1.0 - ema) * history
+
+
+def top_candidate(history):
+    """Twin of `policies.top_candidate`: index of the highest history, first on ties."""
+    return first_index_of(history >= tf.reduce_max(history))
+
+
+def should_discard(pre_loss, post_loss):
+    """Twin of `policies.should_discard`: the loss went up (non-finite counts as +inf)."""
+    return as_scores(post_loss) > as_scores(pre_loss)
+
+
+def replica_mean(value):
+    """The mean of a per-replica loss over all replicas (identity on one device).
+
+    Keras divides each replica's loss by the number of replicas so that summed
+    gradients come out right; decisions need the true mean, so this undoes the
+    scaling and averages across replicas. Every replica then takes the same
+    decision.
+    """
+    ctx = tf.distribute.get_replica_context()
+    strategy = tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if ctx is None or replicas == 1:
+        return value
+    return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, value * replicas)
+
+
+class Snapshot:
+    """Pre-allocated copies of a fixed list of variables, made once.
+
+    `save()` copies the variables into the snapshot; `restore()` copies them
+    back, bit for bit; `restore_where(flag)` restores only when `flag` is True,
+    without a branch.
+
+    Args:
+        variables: the Keras or TF variables to protect.
+        name: a prefix for the copies' names.
+    """
+
+    def __init__(self, variables, name: str):
+        self.variables = list(variables)
+        self.copies = []
+        for i, v in enumerate(self.variables):
+            # tf.Variable rather than keras.Variable: a plain tf.Variable is not
+            # tracked into model.weights, so snapshots are never saved with the model.
+            self.copies.append(
+                tf.Variable(
+                    tf.zeros(v.shape, dtype=v.dtype),
+                    trainable=False,
+                    name=f"{name}_{i}",
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                )
+            )
+
+    def save(self):
+        for v, c in zip(self.variables, self.copies):
+            c.assign(v.value if hasattr(v, "value") else v)
+
+    def restore(self):
+        for v, c in zip(self.variables, self.copies):
+            v.assign(c)
+
+    def restore_where(self, flag):
+        for v, c in zip(self.variables, self.copies):
+            current = v.value if hasattr(v, "value") else v
+            v.assign(tf.where(flag, c, current))

@@ -1,0 +1,168 @@
+"""NumPy reference of every MCV algorithm on a one-layer model (Dense + loss).
+
+Written from the thesis's pseudo-code and Keras's optimizer update rules, with
+no TensorFlow, so the Keras models can be compared with it step by step.
+The model is `logits = x @ W + b`; the loss is softmax cross-entropy
+("ce", softmax regression) or mean squared error ("mse", linear regression).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from keras_mcv import policies
+
+
+def forward(params, x):
+    W, b = params
+    return x @ W + b
+
+
+def loss_fn(params, x, y, kind):
+    z = forward(params, x)
+    if kind == "ce":
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return -logp[np.arange(len(y)), y].mean()
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.mean(np.square(z[:, 0] - y))
+
+
+def grad_fn(params, x, y, kind):
+    z = forward(params, x)
+    n = len(x)
+    if kind == "ce":
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        d = p.copy()
+        d[np.arange(n), y] -= 1.0
+        d /= n
+    else:
+        d = (2.0 / n) * (z - y[:, None])
+    return [x.T @ d, d.sum(axis=0)]
+
+
+class Optimizer:
+    """Keras 3's SGD (with momentum / Nesterov) and Adam update rules."""
+
+    def __init__(self, kind, params, momentum=0.9, nesterov=False, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+        self.kind = kind
+        self.momentum, self.nesterov = momentum, nesterov
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        self.slots = [[np.zeros_like(p) for p in params]]
+        if kind == "adam":
+            self.slots.append([np.zeros_like(p) for p in params])
+        self.iterations = 0
+
+    def state(self):
+        return ([[s.copy() for s in group] for group in self.slots], self.iterations)
+
+    def set_state(self, state):
+        self.slots = [[s.copy() for s in group] for group in state[0]]
+        self.iterations = state[1]
+
+    def apply(self, params, grads, lr):
+        new = []
+        if self.kind == "sgd":
+            for i, (p, g) in enumerate(zip(params, grads)):
+                m = self.slots[0][i]
+                m = m * self.momentum - g * lr
+                self.slots[0][i] = m
+                step = (m * self.momentum - g * lr) if self.nesterov else m
+                new.append(p + step)
+        else:
+            t = self.iterations + 1
+            alpha = lr * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
+            for i, (p, g) in enumerate(zip(params, grads)):
+                m = self.slots[0][i] + (g - self.slots[0][i]) * (1 - self.beta_1)
+                v = self.slots[1][i] + (g * g - self.slots[1][i]) * (1 - self.beta_2)
+                self.slots[0][i], self.slots[1][i] = m, v
+                new.append(p - (m * alpha) / (np.sqrt(v) + self.epsilon))
+        self.iterations += 1
+        return new
+
+
+def split(x, y, f=0.5):
+    n = len(x)
+    n_val = math.floor(f * n)
+    return (x[: n - n_val], y[: n - n_val]), (x[n - n_val :], y[n - n_val :])
+
+
+def _try(params, opt, grads, lr, batch, kind):
+    saved = opt.state()
+    trial = opt.apply(params, grads, np.float32(lr))
+    loss = loss_fn(trial, *batch, kind)
+    opt.set_state(saved)
+    return loss
+
+
+def discard(params, opt, batches, lr, kind):
+    """Algorithm 3. Yields (params, slots, discarded) after every step."""
+    for x, y in batches:
+        b1, b2 = split(x, y)
+        pre = loss_fn(params, *b2, kind)
+        g = grad_fn(params, *b1, kind)
+        saved = opt.state()
+        new = opt.apply(params, g, lr)
+        post = loss_fn(new, *b2, kind)
+        discarded = policies.should_discard(pre, post)
+        if discarded:
+            opt.set_state(saved)
+        else:
+            params = new
+        yield params, opt.state(), discarded
+
+
+def voting(params, opt, batches, candidates, ema, kind):
+    """Algorithms 4-6. Yields (params, slots, votes, discarded) after every step."""
+    votes = policies.initial_votes(len(candidates))
+    for x, y in batches:
+        b1, b2 = split(x, y)
+        pre = loss_fn(params, *b2, kind)
+        g = grad_fn(params, *b1, kind)
+        losses = [_try(params, opt, g, c, b2, kind) for c in candidates]
+        best = policies.best_candidate(losses, pre)
+        votes = policies.update_votes(votes, best, ema)
+        if best >= 0:
+            lr = candidates[policies.top_candidate(votes)]
+            params = opt.apply(params, g, np.float32(lr))
+        yield params, opt.state(), votes.copy(), best < 0
+
+
+def search(params, opt, epochs, method, alpha, kind, candidates=policies.DEFAULT_CANDIDATES):
+    """Algorithms 7-8. `epochs` is a list of lists of batches.
+
+    Yields ("step", params, slots) after every step and ("epoch", summary) at
+    each epoch end.
+    """
+    candidates = list(candidates)
+    lr = min(candidates)
+    for batches in epochs:
+        scores = np.zeros(len(candidates))
+        vals = np.zeros(len(candidates))
+        pre_sum = 0.0
+        for x, y in batches:
+            b1, b2 = split(x, y)
+            pre = loss_fn(params, *b2, kind)
+            g = grad_fn(params, *b1, kind)
+            for k, c in enumerate(candidates):
+                saved = opt.state()
+                trial = opt.apply(params, g, np.float32(c))
+                val = policies.as_scores([loss_fn(trial, *b2, kind)])[0]
+                score = val
+                if alpha > 0:
+                    tr = policies.as_scores([loss_fn(trial, *b1, kind)])[0]
+                    score = policies.as_scores([(1 - alpha) * val + alpha * tr])[0]
+                opt.set_state(saved)
+                scores[k] += score
+                vals[k] += val
+            pre_sum += pre
+            params = opt.apply(params, g, np.float32(lr))
+            yield "step", params, opt.state()
+        n = len(batches)
+        next_lr = policies.select_lr(method, candidates, scores / n, vals / n, pre_sum / n)
+        yield "epoch", {"lr": lr, "candidates": list(candidates), "scores": scores / n, "next_lr": next_lr}
+        lr = next_lr
+        candidates = policies.candidate_list(lr)
