@@ -142,6 +142,121 @@ def _cmd_tune(args) -> int:
     return 0
 
 
+def _add_run_parsers(sub) -> None:
+    """Add `keras-mcv run RECIPE --method M` and `keras-mcv list` to `sub`."""
+    from keras_mcv.experiment import METHODS
+
+    p = sub.add_parser(
+        "run",
+        help="train a recipe with one method and write a run record",
+        description="Train RECIPE with METHOD, print the LR chosen per epoch and the "
+        "test accuracy, and write saved_runs/RECIPE/METHOD.json.",
+    )
+    p.add_argument("recipe", metavar="RECIPE", help="recipe name (`keras-mcv list`)")
+    p.add_argument("--method", default=None, choices=METHODS,
+                   help="method. Defaults to the recipe's (search1).")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="Method 2's weight of the training loss. Defaults to 0.5.")
+    p.add_argument("--epochs", type=int, default=None, help="epoch budget. Defaults to the recipe's.")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="gradient batch m (MCV fits batches of 2m). Defaults to the recipe's.")
+    p.add_argument("--subset", type=int, default=None,
+                   help="first N training examples, stratified. Defaults to all.")
+    p.add_argument("--data", default=None, help="data path (folder, zip or tfds dir).")
+    p.add_argument("--patience", type=int, default=None, help="MCV stopping patience.")
+    p.add_argument("--trial-every", type=int, default=1, help="trials on every N-th step. Defaults to 1.")
+    p.add_argument("--seed", type=int, default=0, help="seed. Defaults to 0.")
+    p.add_argument("--out", default="saved_runs", help="output directory. Defaults to saved_runs.")
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras verbosity.")
+    p.set_defaults(func=_cmd_run)
+    p = sub.add_parser("list", help="list the recipes")
+    p.set_defaults(func=_cmd_list)
+
+
+def _cmd_run(args) -> int:
+    import recipes
+    from keras_mcv import experiment
+
+    try:
+        config = recipes.get_recipe(args.recipe).get_config()
+        method = args.method or config.method
+        experiment.check_method(method, args.alpha)
+    except ValueError as e:
+        print(f"keras-mcv run: {e}", file=sys.stderr)
+        return 2
+    record = experiment.run_method(
+        config, method, alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
+        subset=args.subset, data_path=args.data, patience=args.patience,
+        trial_every=args.trial_every, out_dir=args.out, seed=args.seed, verbose=args.verbose,
+    )
+    test = record["test"]
+    print(
+        f"{config.name} {method}: test accuracy {test['accuracy']:.4f}, test loss "
+        f"{test['loss']:.4f}, {len(record['epochs'])} epochs, {record['wall_time_s']:.1f}s "
+        f"(CPU)\nrecord: {record['path']}"
+    )
+    return 0
+
+
+def _cmd_list(args) -> int:
+    import recipes
+
+    for name in recipes.available():
+        print(name)
+    return 0
+
+
+def _add_bench_parser(sub) -> None:
+    """Add `keras-mcv bench step [...]` (MCV step vs plain step timing, issue #5) to `sub`."""
+    p = sub.add_parser(
+        "bench",
+        help="performance benchmarks",
+        description="Performance benchmarks, timed in one process and interleaved.",
+    )
+    bench_sub = p.add_subparsers(dest="bench_command", required=True)
+    s = bench_sub.add_parser(
+        "step",
+        help="MCV train step on 2m images vs the plain Keras step on m images",
+        description="Time the plain Keras train step on m images and each MCV model's "
+        "step on 2m images (same gradient batch m), round-robin over configurations, "
+        "median of REPEATS; print each ratio beside its theoretical floor, the trace "
+        "counts and the memory growth per step.",
+    )
+    s.add_argument("--arch", default="cifar_small_cnn,bn_small_cnn",
+                   help="comma-separated architectures (tiny, bn_small_cnn, cifar_small_cnn, "
+                   "svhn_small_cnn, vgg11, resnet18). Defaults to cifar_small_cnn,bn_small_cnn.")
+    s.add_argument("--m", type=int, default=128,
+                   help="gradient batch m (MCV steps see 2m). Defaults to 128.")
+    s.add_argument("--repeats", type=int, default=5,
+                   help="interleaved rounds; figures are medians. Defaults to 5.")
+    s.add_argument("--k", default="4,7",
+                   help="comma-separated candidate counts K. Defaults to 4,7.")
+    s.add_argument("--trial-every", default="1,2,4,8",
+                   help="comma-separated trial_every values. Defaults to 1,2,4,8.")
+    s.add_argument("--levers", default="jit,recompute",
+                   help="comma-separated levers to time as extra rows (jit, recompute) "
+                   "or 'none'. Defaults to jit,recompute.")
+    s.add_argument("--no-extras", action="store_true",
+                   help="skip the Method 2, Voting and Discard rows.")
+    s.add_argument("--steps", type=int, default=4,
+                   help="steps per timed sample (rounded up to a multiple of "
+                   "trial_every). Defaults to 4.")
+    s.add_argument("--seed", type=int, default=0, help="data and weight seed. Defaults to 0.")
+    s.add_argument("--out", default=None, help="also write the rows as JSON to this file.")
+    s.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args) -> int:
+    """Run `keras-mcv bench step`: time the steps and print the table."""
+    from keras_mcv import bench
+
+    try:
+        return bench.run_from_args(args)
+    except ValueError as e:
+        print(f"keras-mcv bench {args.bench_command}: {e}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keras-mcv",
@@ -149,11 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     # --- run / list (core) ---
+    _add_run_parsers(sub)
     # --- tune (macro-CV baseline) ---
     _add_tune_parser(sub)
     # --- compare / report ---
     _add_report_parser(sub)
     # --- bench ---
+    _add_bench_parser(sub)
     del sub
     return parser
 

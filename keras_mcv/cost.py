@@ -12,7 +12,7 @@ Method 2        2K + 2    1         K + 1     (2K + 2 only when alpha > 0)
 ```
 A step that runs no trials (`trial_every` > 1, or a batch of one example)
 costs what the baseline step costs. A run's cost is the sum over its steps,
-which the models count in-graph; `run_cost` formats it as the thesis does.
+which the models count in-graph; `theoretical_cost` sums it as the thesis does.
 
 References: thesis section 4.4 and Table 4.1.
 """
@@ -49,13 +49,3 @@ def step_cost(method: str, num_candidates: int = 0, alpha: float = 0.0) -> tuple
 def theoretical_cost(ops: dict) -> tuple:
     """A run's `(forward + backward, step)` pair, the thesis's "Theoretic Cost"."""
     return (int(ops["forward"]) + int(ops["backward"]), int(ops["step"]))
-
-
-def format_count(n: int) -> str:
-    """`656123` -> `"~656K"`, as in Table 4.5."""
-    n = int(n)
-    if n >= 1_000_000:
-        return f"~{n / 1_000_000:.1f}M"
-    if n >= 1_000:
-        return f"~{round(n / 1_000)}K"
-    return str(n)

@@ -51,3 +51,178 @@ class RecipeConfig:
     patience: int = 20
     augment: bool = False
     data_path: Optional[str] = None
+
+
+METHODS = ("baseline", "discard", "voting", "search1", "search2", "search3")
+"""Method names of `run_method` and `keras-mcv run --method`."""
+
+
+def check_method(method: str, alpha=None) -> None:
+    """Raise a clear `ValueError` for an unknown method or a misplaced alpha."""
+    if method not in METHODS:
+        import difflib
+
+        close = difflib.get_close_matches(method, METHODS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"Unknown method {method!r}.{hint} Choose one of: {', '.join(METHODS)}.")
+    if alpha is not None and method != "search2":
+        raise ValueError(f"--alpha applies to search2 only, not {method!r}.")
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}.")
+
+
+def run_name(method: str, alpha=None) -> str:
+    """File stem of a run record: `search2_alpha0.5`, `voting`, ..."""
+    return f"{method}_alpha{alpha:g}" if method == "search2" else method
+
+
+def make_optimizer(config: RecipeConfig, learning_rate=None):
+    """The recipe's optimizer at `learning_rate` (default: the recipe's)."""
+    lr = config.learning_rate if learning_rate is None else learning_rate
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum)
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=lr)
+    raise ValueError(f"Unknown optimizer {config.optimizer!r}; use 'sgd' or 'adam'.")
+
+
+def build_method_model(net: keras.Model, method: str, alpha=None, trial_every: int = 1) -> keras.Model:
+    """`net` as the model class that implements `method` (baseline: `net` itself)."""
+    from keras_mcv import models
+
+    if method == "baseline":
+        return net
+    common = {"trial_every": trial_every}
+    if method == "discard":
+        return models.DiscardModel.wrap(net, **common)
+    if method == "voting":
+        return models.VotingModel.wrap(net, **common)
+    number = int(method[-1])
+    if number == 2:
+        common["alpha"] = 0.5 if alpha is None else alpha
+    return models.SearchModel.wrap(net, method=number, **common)
+
+
+class _PrintLR(keras.callbacks.Callback):
+    """Print the LR of each finished epoch and, for SearchModel, the next one."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        history = getattr(self.model, "mcv_history", None)
+        line = f"epoch {epoch + 1}: lr {float(logs.get('lr', float('nan'))):.4g}"
+        if history and history[-1].get("epoch") == epoch + 1:
+            line += f" -> next lr {history[-1]['next_lr']:.4g}"
+        print(line, flush=True)
+
+
+class _StepCount(keras.callbacks.Callback):
+    """Count training steps (a plain model's cost: 1 forward, 1 backward, 1 step each)."""
+
+    def on_train_begin(self, logs=None):
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+
+def run_method(
+    config: RecipeConfig,
+    method: str,
+    *,
+    alpha=None,
+    epochs=None,
+    batch_size=None,
+    subset=None,
+    data_path=None,
+    patience=None,
+    trial_every: int = 1,
+    out_dir="saved_runs",
+    seed: int = 0,
+    verbose: int = 1,
+    data=None,
+) -> dict:
+    """Train `config`'s model with `method`, evaluate on the test set, write a run record.
+
+    The recipe's `batch_size` is the gradient batch m: the baseline trains on
+    batches of m, the MCV models on batches of 2m that they split into m to
+    train and m to validate (the thesis's batch_1 and batch_2), so every method
+    computes its gradient on m examples.
+
+    Args:
+        config: the recipe.
+        method: one of `METHODS`.
+        alpha: Method 2's alpha. Defaults to 0.5 for search2.
+        epochs, batch_size, subset, data_path: override the recipe's.
+        patience: MCV stopping patience. Defaults to the recipe's.
+        trial_every: run trials on every N-th step. Defaults to 1.
+        out_dir: where `<recipe>/<method>.json` goes. Defaults to "saved_runs".
+        seed: seed of weights and shuffling. Defaults to 0.
+        verbose: Keras progress bar mode. Defaults to 1.
+        data: an `ArrayData` to use instead of loading (for `compare`).
+
+    Returns:
+        The run record (also written to `out_dir/<recipe>/<run name>.json`).
+    """
+    import os
+
+    from keras_mcv import callbacks as mcv_callbacks
+
+    check_method(method, alpha)
+    epochs = config.epochs if epochs is None else int(epochs)
+    m = config.batch_size if batch_size is None else int(batch_size)
+    if epochs < 1 or m < 1:
+        raise ValueError(f"epochs and batch size must be >= 1, got {epochs} and {m}.")
+    patience = config.patience if patience is None else patience
+    if data is None:
+        data = config.load_data(data_path, subset)
+    keras.utils.set_random_seed(seed)
+    net = config.build_model(data.input_shape, data.num_classes)
+    model = build_method_model(net, method, alpha, trial_every)
+    model.compile(
+        optimizer=make_optimizer(config),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    path = os.path.join(out_dir, config.name, run_name(method, alpha) + ".json")
+    run_config = {
+        "recipe": config.name, "dataset": data.name, "method": method,
+        "alpha": (0.5 if alpha is None else alpha) if method == "search2" else None,
+        "epochs": epochs, "gradient_batch": m, "fit_batch": m if method == "baseline" else 2 * m,
+        "train_examples": int(len(data.y_train)), "test_examples": int(len(data.y_test)),
+        "optimizer": config.optimizer, "momentum": config.momentum,
+        "learning_rate": config.learning_rate if method in ("baseline", "discard") else None,
+        "patience": patience, "trial_every": trial_every, "seed": seed,
+        "device": "CPU" if not _has_gpu() else "GPU",
+    }
+    recorder = mcv_callbacks.RunRecorder(path, config.name, method, run_config,
+                                         kind="baseline" if method == "baseline" else "mcv")
+    steps = _StepCount()
+    cbs = [recorder, steps, _PrintLR()]
+    if method != "baseline":
+        cbs = mcv_callbacks.default(patience) + cbs
+    try:
+        model.fit(
+            data.x_train, data.y_train,
+            batch_size=m if method == "baseline" else 2 * m,
+            epochs=epochs, shuffle=True, verbose=verbose, callbacks=cbs,
+        )
+        test = model.evaluate(data.x_test, data.y_test, verbose=0, return_dict=True)
+    except KeyboardInterrupt:
+        recorder.finish("incomplete")
+        raise
+    except Exception as e:
+        recorder.finish("failed", error=f"{type(e).__name__}: {e}")
+        raise
+    extra = {}
+    if method == "baseline":
+        extra["ops"] = {"forward": steps.steps, "backward": steps.steps, "step": steps.steps}
+    recorder.finish("complete", test={"loss": float(test["loss"]), "accuracy": float(test["accuracy"])}, **extra)
+    record = recorder.record
+    record["path"] = path
+    return record
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))

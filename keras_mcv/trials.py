@@ -135,7 +135,7 @@ class Snapshot:
 
     def save(self):
         for v, c in zip(self.variables, self.copies):
-            c.assign(v.value if hasattr(v, "value") else v)
+            c.assign(tf.convert_to_tensor(v))
 
     def restore(self):
         for v, c in zip(self.variables, self.copies):
@@ -143,5 +143,4 @@ class Snapshot:
 
     def restore_where(self, flag):
         for v, c in zip(self.variables, self.copies):
-            current = v.value if hasattr(v, "value") else v
-            v.assign(tf.where(flag, c, current))
+            v.assign(tf.where(flag, c, tf.convert_to_tensor(v)))

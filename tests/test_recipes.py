@@ -1,0 +1,71 @@
+"""Every recipe for one step on a shrunken config, and the digits job end to end."""
+
+import json
+
+import numpy as np
+import pytest
+
+import recipes
+from keras_mcv import data, experiment
+from keras_mcv.cli import main
+
+SHAPES = {"digits": (8, 8, 1), "cifar10": (32, 32, 3), "svhn": (32, 32, 3), "adience": (64, 64, 3)}
+
+
+def tiny_data(name, classes):
+    shape = SHAPES[name.split("_")[0]]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, *shape)).astype("float32")
+    y = np.arange(8) % classes
+    return data.ArrayData(x, y, x[:4], y[:4], [str(i) for i in range(classes)], name)
+
+
+@pytest.mark.parametrize("name", recipes.available())
+def test_every_recipe_one_step(name, tmp_path):
+    config = recipes.get_recipe(name).get_config()
+    assert config.name == name
+    classes = 8 if name.startswith("adience") else 10
+    record = experiment.run_method(
+        config, "search1", epochs=1, batch_size=4, out_dir=tmp_path, verbose=0,
+        data=tiny_data(name, classes),
+    )
+    assert record["status"] == "complete"
+    assert len(record["epochs"]) == 1
+    saved = json.loads((tmp_path / name / "search1.json").read_text())
+    assert saved["ops"]["backward"] == 1  # 8 examples in one batch of 2 x 4
+
+
+def test_unknown_recipe_suggests_the_closest():
+    with pytest.raises(ValueError, match="Did you mean 'digits_small_cnn'"):
+        recipes.get_recipe("digit_small_cnn")
+    assert main(["run", "cifar10_smal_cnn"]) == 2
+
+
+@pytest.mark.parametrize("method", experiment.METHODS)
+def test_digits_job_with_every_method(method, tmp_path, capsys):
+    args = ["run", "digits_small_cnn", "--method", method, "--epochs", "2", "--subset", "400",
+            "--out", str(tmp_path), "--verbose", "0"]
+    if method == "search2":
+        args += ["--alpha", "0.3"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "epoch 2: lr" in out
+    stem = "search2_alpha0.3" if method == "search2" else method
+    record = json.loads((tmp_path / "digits_small_cnn" / f"{stem}.json").read_text())
+    assert record["status"] == "complete"
+    assert record["config"]["train_examples"] == 400
+    assert [e["epoch"] for e in record["epochs"]] == [1, 2]
+    assert 0.0 <= record["test"]["accuracy"] <= 1.0
+    assert record["ops"]["step"] > 0
+    if method.startswith("search"):
+        first = record["epochs"][0]
+        assert first["candidates"] == [0.1, 0.01, 0.001, 0.0001]
+        assert len(first["candidate_losses"]) == 4
+        assert record["epochs"][1]["lr"] == first["next_lr"]
+
+
+def test_bad_method_arguments():
+    with pytest.raises(ValueError, match="alpha applies to search2"):
+        experiment.check_method("search1", 0.5)
+    with pytest.raises(ValueError, match="Did you mean 'search1'"):
+        experiment.check_method("serch1")
