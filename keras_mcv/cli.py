@@ -257,6 +257,65 @@ def _cmd_bench(args) -> int:
         return 2
 
 
+def _add_compare_parser(sub) -> None:
+    """Add `keras-mcv compare RECIPE` to `sub`."""
+    from keras_mcv.experiment import METHODS
+
+    p = sub.add_parser(
+        "compare",
+        help="macro-CV baseline and every MCV method on the same data, with a report",
+        description="Run the macro-CV grid search and each method on the same data, "
+        "write their run records under OUT/RECIPE and a Table 4.5-style report.",
+    )
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma-separated methods. Defaults to {','.join(METHODS)}.")
+    p.add_argument("--alpha", type=float, default=0.5, help="Method 2's alpha. Defaults to 0.5.")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of each method run.")
+    p.add_argument("--batch-size", type=int, default=None, help="gradient batch m.")
+    p.add_argument("--subset", type=int, default=None, help="first N training examples, stratified.")
+    p.add_argument("--data", default=None, help="data path.")
+    p.add_argument("--no-macro", action="store_true", help="skip the macro-CV baseline.")
+    p.add_argument("--lrs", default="0.1,0.01,0.001,0.0001", help="macro-CV learning rates.")
+    p.add_argument("--decays", default="0.001,0.0005,0.0001", help="macro-CV decays.")
+    p.add_argument("--repeats", type=int, default=5, help="macro-CV splits per configuration.")
+    p.add_argument("--patience", type=int, default=20, help="macro-CV early-stopping patience.")
+    p.add_argument("--max-epochs", type=int, default=100, help="macro-CV epoch cap.")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="saved_runs", help="output root. Defaults to saved_runs.")
+    p.set_defaults(func=_cmd_compare)
+
+
+def _cmd_compare(args) -> int:
+    import recipes
+    from keras_mcv import experiment
+
+    try:
+        config = recipes.get_recipe(args.recipe).get_config()
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        for method in methods:
+            experiment.check_method(method)
+        macro_settings = None
+        if not args.no_macro:
+            macro_settings = {
+                "learning_rates": tuple(float(v) for v in args.lrs.split(",")),
+                "decays": tuple(float(v) for v in args.decays.split(",")) if args.decays else (),
+                "repeats": args.repeats, "patience": args.patience, "max_epochs": args.max_epochs,
+            }
+    except ValueError as e:
+        print(f"keras-mcv compare: {e}", file=sys.stderr)
+        return 2
+    report = experiment.compare(
+        config, methods=methods, alpha=args.alpha, epochs=args.epochs,
+        batch_size=args.batch_size, subset=args.subset, data_path=args.data,
+        macro_settings=macro_settings, out_dir=args.out, seed=args.seed,
+    )
+    print(report.markdown)
+    for path in report.files:
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keras-mcv",
@@ -268,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     # --- tune (macro-CV baseline) ---
     _add_tune_parser(sub)
     # --- compare / report ---
+    _add_compare_parser(sub)
     _add_report_parser(sub)
     # --- bench ---
     _add_bench_parser(sub)

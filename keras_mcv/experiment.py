@@ -226,3 +226,62 @@ def _has_gpu() -> bool:
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
+
+
+def compare(
+    config: RecipeConfig,
+    *,
+    methods=("baseline", "discard", "voting", "search1", "search2", "search3"),
+    alpha: float = 0.5,
+    epochs=None,
+    batch_size=None,
+    subset=None,
+    data_path=None,
+    macro_settings=None,
+    out_dir="saved_runs",
+    seed: int = 0,
+    verbose: int = 0,
+):
+    """Run the macro-CV baseline and each method on the same data; write records and a report.
+
+    Every run loads nothing twice: the data are loaded once and shared. The
+    macro-CV search resumes from `out_dir/<recipe>/macro/tuner` when it exists.
+
+    Args:
+        config: the recipe.
+        methods: the methods of `run_method` to run. Defaults to all of them.
+        alpha: Method 2's alpha. Defaults to 0.5.
+        epochs, batch_size, subset, data_path: override the recipe's.
+        macro_settings: keyword arguments of `macro.run_macro_cv` (grid,
+            repeats, patience, max_epochs); None skips the macro baseline.
+        out_dir: root of the run records. Defaults to "saved_runs".
+        seed: seed of every run. Defaults to 0.
+        verbose: Keras verbosity. Defaults to 0.
+
+    Returns:
+        The `runs.Report` built from `out_dir/<recipe>`.
+    """
+    import os
+
+    from keras_mcv import macro, runs
+
+    for method in methods:
+        check_method(method)
+    data = config.load_data(data_path, subset)
+    recipe_dir = os.path.join(out_dir, config.name)
+    if macro_settings is not None:
+        macro_dir = os.path.join(recipe_dir, "macro")
+        settings = {"batch_size": batch_size or config.batch_size, "momentum": config.momentum}
+        settings.update(macro_settings)
+        result = macro.run_macro_cv(
+            config.build_model, data, project_dir=os.path.join(macro_dir, "tuner"),
+            seed=seed, verbose=verbose, **settings,
+        )
+        if result is not None:
+            result.save(macro_dir, recipe=config.name)
+    for method in methods:
+        run_method(
+            config, method, alpha=alpha if method == "search2" else None, epochs=epochs,
+            batch_size=batch_size, out_dir=out_dir, seed=seed, verbose=verbose, data=data,
+        )
+    return runs.build_report(recipe_dir)

@@ -410,6 +410,10 @@ def read_record(path) -> dict:
 def _walk_json(directory):
     for root, dirs, files in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if "oracle.json" in files:
+            # A Keras Tuner project (the macro-CV search's state), not run records.
+            dirs[:] = []
+            continue
         for name in sorted(files):
             if name.endswith(".json") and not name.startswith("."):
                 yield os.path.join(root, name)
@@ -432,7 +436,8 @@ def load_records(directory) -> tuple[list, list]:
     """Read every `*.json` run record under `directory` (recursively, sorted by path).
 
     Files that cannot be read, are not JSON, or are not valid records are skipped,
-    each with a warning; hidden files and directories are ignored.
+    each with a warning; hidden files and directories, and Keras Tuner project
+    directories (those holding `oracle.json`), are ignored.
 
     Args:
         directory: the root to walk, e.g. "saved_runs".

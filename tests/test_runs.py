@@ -343,3 +343,14 @@ def test_cli_report_prints_markdown_and_paths(saved_runs, tmp_path, capsys):
 def test_cli_report_missing_directory(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path / "nope")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_keras_tuner_project_directories_are_not_read(tmp_path):
+    src = os.path.join(os.path.dirname(__file__), "fixtures", "runs", "digits_small_cnn", "search1.json")
+    shutil.copy(src, tmp_path / "search1.json")
+    project = tmp_path / "macro" / "tuner" / "search"
+    (project / "trial_0000").mkdir(parents=True)
+    (project / "oracle.json").write_text("{}")
+    (project / "trial_0000" / "trial.json").write_text("{}")
+    records, warnings = runs.load_records(tmp_path)
+    assert len(records) == 1 and warnings == []
