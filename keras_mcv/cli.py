@@ -107,7 +107,7 @@ def _cmd_tune(args) -> int:
 
         config = recipes.get_recipe(args.recipe).get_config()
     except (ImportError, KeyError, ValueError) as e:
-        print(f"keras-mcv tune: unknown recipe {args.recipe!r}: {e}", file=sys.stderr)
+        print(f"keras-mcv tune: {e}", file=sys.stderr)
         return 2
     from keras_mcv import macro
 
@@ -277,7 +277,8 @@ def _add_compare_parser(sub) -> None:
     p.add_argument("--data", default=None, help="data path.")
     p.add_argument("--no-macro", action="store_true", help="skip the macro-CV baseline.")
     p.add_argument("--lrs", default="0.1,0.01,0.001,0.0001", help="macro-CV learning rates.")
-    p.add_argument("--decays", default="0.001,0.0005,0.0001", help="macro-CV decays.")
+    p.add_argument("--decays", default="0.001,0.0005,0.0001",
+                   help="macro-CV decays for the best SGD LR; 'none' skips stage 2.")
     p.add_argument("--repeats", type=int, default=5, help="macro-CV splits per configuration.")
     p.add_argument("--patience", type=int, default=20, help="macro-CV early-stopping patience.")
     p.add_argument("--max-epochs", type=int, default=100, help="macro-CV epoch cap.")
@@ -299,7 +300,9 @@ def _cmd_compare(args) -> int:
         if not args.no_macro:
             macro_settings = {
                 "learning_rates": tuple(float(v) for v in args.lrs.split(",")),
-                "decays": tuple(float(v) for v in args.decays.split(",")) if args.decays else (),
+                "decays": ()
+                if args.decays.strip().lower() in ("", "none")
+                else tuple(float(v) for v in args.decays.split(",")),
                 "repeats": args.repeats, "patience": args.patience, "max_epochs": args.max_epochs,
             }
     except ValueError as e:

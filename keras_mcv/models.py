@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from keras_mcv import cost, policies, trials
 
-MCV_METRIC_NAMES = ("lr", "mcv_val_loss", "discard_rate")
+MCV_METRIC_NAMES = ("lr", "mcv_val_loss", "discard_rate", "nonfinite_steps")
 
 
 class _Runtime:
@@ -43,7 +43,9 @@ class _Runtime:
     def __init__(self):
         self.functions = {}
         self.mode = ("trial",)
-        self.steps = 0
+        # None: read from the `mcv_ops` counter at the first step of a `fit`,
+        # so a run resumed from a backup continues the `trial_every` pattern.
+        self.steps = None
         self.traces = 0
         self.state_snapshot = None
         self.step_snapshot = None
@@ -67,10 +69,26 @@ class MCVModel(keras.Model):
             candidate of a step). False evaluates in inference mode.
             Defaults to True.
 
+    Distributed training (`tf.distribute.MirroredStrategy`,
+    `MultiWorkerMirroredStrategy`): each replica splits its own shard of the
+    global batch, so the training half is the union of the shards' first
+    halves. Gradients are summed across replicas as in plain Keras, and every
+    loss a decision reads is the global one (`trials.replica_mean`, weighted by
+    each shard's number of examples), so every replica takes the same decision
+    and keeps identical weights. Snapshots are per replica.
+
+    Non-finite steps: `DiscardModel` and `VotingModel` never apply a step whose
+    training-half loss is non-finite or that leaves a non-finite weight or
+    optimizer variable; they restore it and count it in the per-epoch log
+    `nonfinite_steps`. `SearchModel` keeps the thesis rule: `MCVStopping`
+    stops and restores the best epoch.
+
     References: thesis chapter 3; DESIGN.md "The micro cross-validation step".
     """
 
     method_name = None
+    # Restore (skip) a step that is non-finite; see the class docstring.
+    skip_nonfinite_steps = False
 
     def __init__(
         self,
@@ -249,6 +267,9 @@ class MCVModel(keras.Model):
             return runtime.functions[mode]
 
         def dispatch(iterator):
+            if runtime.steps is None:
+                # Every step, with or without trials, counts one backward pass.
+                runtime.steps = int(np.asarray(self.mcv_ops.numpy())[1])
             trial = runtime.steps % self.trial_every == 0
             runtime.steps += 1
             mode = self._trial_mode() if trial else ("plain",)
@@ -268,24 +289,56 @@ class MCVModel(keras.Model):
         self._mcv.traces += 1
         mode = self._mcv.mode
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        train, val, has_val = trials.split_batch(
+        train, val, _ = trials.split_batch(
             (x, y, sample_weight), self.validation_fraction
         )
+        # Whether the *global* validation half is empty: a replica's shard of a
+        # short last batch may have no validation example while another has,
+        # and every replica must take the same branch-free decision.
+        n_train = _batch_size(train)
+        has_val = trials.replica_sum(_batch_size(val)) > 0
         if mode[0] == "plain":
             has_val = tf.constant(False)
         loss, y_pred, grads = self._gradient(train)
+        global_loss = trials.replica_mean(tf.cast(loss, tf.float32), n_train)
         if mode[0] == "plain":
+            if self.skip_nonfinite_steps:
+                self._mcv.step_snapshot.save()
             lr = self._apply(grads, self._current_lr())
             outcome = {"lr": lr, "pre_loss": None, "discarded": None}
+            if self.skip_nonfinite_steps:
+                skip = self._nonfinite_step(global_loss)
+                self._mcv.step_snapshot.restore_where(skip)
+                outcome["nonfinite"] = skip
             self.mcv_ops.assign_add(tf.constant(cost.BASELINE, tf.int64))
         else:
             self._mcv.state_snapshot.save()
             self._mcv.step_snapshot.save()
             tried = self._run_trials(grads, train, val)
+            tried["train_loss"] = global_loss
             outcome = self._finish_step(grads, tried, has_val)
             self.mcv_ops.assign_add(tf.constant(self._step_cost(), tf.int64))
         self.mcv_untrialed_steps.assign_add(tf.cast(tf.logical_not(has_val), tf.int64))
-        return self._update_metrics(train, loss, y_pred, outcome, has_val)
+        logs = self._update_metrics(train, global_loss, y_pred, outcome, has_val)
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3.15 reduces the step's logs across workers with
+            # `strategy.reduce("MEAN", v, axis=0)`, which fails on scalars.
+            # Our logs are metric results, equal on every replica, so a
+            # one-element vector reduces back to the same scalar.
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
+
+    def _nonfinite_step(self, train_loss):
+        """True when the step just applied must be skipped: non-finite loss or result.
+
+        Read after the step: every replica holds the same (all-reduced) update
+        and the same global loss, so every replica agrees.
+        """
+        step_vars = self._mcv.step_snapshot.variables
+        return tf.logical_or(
+            tf.logical_not(tf.math.is_finite(train_loss)),
+            tf.logical_not(trials.all_finite(step_vars)),
+        )
 
     def _gradient(self, batch):
         x, y, sample_weight = batch
@@ -314,7 +367,7 @@ class MCVModel(keras.Model):
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
             training=self.trial_training,
         )
-        loss = trials.replica_mean(tf.cast(loss, tf.float32))
+        loss = trials.replica_mean(tf.cast(loss, tf.float32), _batch_size(batch))
         self._mcv.state_snapshot.restore()
         return loss
 
@@ -328,8 +381,9 @@ class MCVModel(keras.Model):
     def _update_metrics(self, train, loss, y_pred, outcome, has_val):
         x, y, sample_weight = train
         loss_tracker = next(m for m in self.metrics if m.name == "loss")
-        n = tf.shape(tf.nest.flatten(x)[0])[0]
-        loss_tracker.update_state(trials.replica_mean(loss), sample_weight=n)
+        # `loss` is already the global training-half loss; weighting each
+        # replica's update by its shard size keeps the epoch mean exact.
+        loss_tracker.update_state(loss, sample_weight=_batch_size(train))
         self.lr_tracker.update_state(outcome["lr"])
         weight = tf.cast(has_val, tf.float32)
         if outcome["pre_loss"] is not None:
@@ -337,6 +391,12 @@ class MCVModel(keras.Model):
         if outcome["discarded"] is not None and hasattr(self, "discard_tracker"):
             self.discard_tracker.update_state(
                 tf.cast(outcome["discarded"], tf.float32), sample_weight=weight
+            )
+        if outcome.get("nonfinite") is not None and hasattr(self, "nonfinite_tracker"):
+            # Each replica adds its share: a Sum metric adds up the replicas' updates.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            self.nonfinite_tracker.update_state(
+                tf.cast(outcome["nonfinite"], tf.float32) / replicas
             )
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
@@ -365,7 +425,33 @@ class MCVModel(keras.Model):
 
     def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
         self._check_batch_size(x, batch_size)
+        if y is not None and len(self.outputs) == 1:
+            check_labels(y, getattr(self, "loss", None), tuple(self.outputs[0].shape))
+        self._mcv.steps = None
+        if kwargs.get("callbacks"):
+            kwargs["callbacks"] = _with_backup_dirs(list(kwargs["callbacks"]))
         return super().fit(x, y, batch_size, *args, **kwargs)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Private Keras hook, overridden because it is unavoidable: Keras 3.15
+        # reduces the first distributed batch across replicas only to read its
+        # shapes, and under MultiWorkerMirroredStrategy that reduce fails
+        # ("Attempt to convert a value (PerReplica...)"), for any Keras model.
+        # Shapes and dtypes are all the symbolic build needs, so hand it this
+        # replica's part of the batch instead.
+        if iterator is not None and data_batch is None and self._distribute_strategy is not None:
+            strategy = self.distribute_strategy
+
+            def local(v):
+                if isinstance(v, tf.distribute.DistributedValues):
+                    return strategy.experimental_local_results(v)[0]
+                return v
+
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(local, next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def _check_batch_size(self, x, batch_size):
         """A batch must split into a non-empty training and validation half."""
@@ -411,10 +497,12 @@ class DiscardModel(MCVModel):
     """
 
     method_name = "discard"
+    skip_nonfinite_steps = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.discard_tracker = keras.metrics.Mean(name="discard_rate")
+        self.nonfinite_tracker = keras.metrics.Sum(name="nonfinite_steps")
 
     def _run_trials(self, grads, train, val):
         return {"pre": self._eval(val), "val": val}
@@ -424,8 +512,9 @@ class DiscardModel(MCVModel):
         lr = self._apply(grads)
         post = self._eval(tried["val"])
         discard = tf.logical_and(has_val, trials.should_discard(tried["pre"], post))
-        self._mcv.step_snapshot.restore_where(discard)
-        return {"lr": lr, "pre_loss": tried["pre"], "discarded": discard}
+        skip = self._nonfinite_step(tried["train_loss"])
+        self._mcv.step_snapshot.restore_where(tf.logical_or(discard, skip))
+        return {"lr": lr, "pre_loss": tried["pre"], "discarded": discard, "nonfinite": skip}
 
     def _step_cost(self):
         return cost.step_cost("discard")
@@ -469,6 +558,7 @@ class VotingModel(_CandidateModel):
     """
 
     method_name = "voting"
+    skip_nonfinite_steps = True
 
     def __init__(self, *args, candidates=policies.DEFAULT_CANDIDATES, ema=0.1, **kwargs):
         super().__init__(*args, **kwargs)
@@ -486,6 +576,7 @@ class VotingModel(_CandidateModel):
         self.mcv_candidates.assign(np.asarray(self.candidates, "float64"))
         self.mcv_votes.assign(policies.initial_votes(k))
         self.discard_tracker = keras.metrics.Mean(name="discard_rate")
+        self.nonfinite_tracker = keras.metrics.Sum(name="nonfinite_steps")
 
     def get_config(self):
         config = super().get_config()
@@ -509,8 +600,9 @@ class VotingModel(_CandidateModel):
         self.mcv_votes.assign(tf.where(has_val, votes, self.mcv_votes))
         lr = self._apply(grads, self._current_lr())
         discard = tf.logical_and(has_val, best < 0)
-        self._mcv.step_snapshot.restore_where(discard)
-        return {"lr": lr, "pre_loss": pre, "discarded": discard}
+        skip = self._nonfinite_step(tried["train_loss"])
+        self._mcv.step_snapshot.restore_where(tf.logical_or(discard, skip))
+        return {"lr": lr, "pre_loss": pre, "discarded": discard, "nonfinite": skip}
 
     def _step_cost(self):
         return cost.step_cost("voting", len(self.candidates))
@@ -680,4 +772,86 @@ class SearchModel(_CandidateModel):
         callbacks = list(callbacks or [])
         if not any(isinstance(c, EpochLRSelection) for c in callbacks):
             callbacks.insert(0, EpochLRSelection())
+        # The selection must run before a backup is written at epoch end, so
+        # the backup holds the next epoch's LR and reset accumulators.
+        selection = [c for c in callbacks if isinstance(c, EpochLRSelection)]
+        callbacks = selection + [c for c in callbacks if not isinstance(c, EpochLRSelection)]
         return super().fit(*args, callbacks=callbacks, **kwargs)
+
+
+def _loss_name(loss) -> str:
+    if isinstance(loss, str):
+        return loss
+    if isinstance(loss, keras.losses.Loss):
+        return getattr(loss, "fn", None).__name__ if hasattr(loss, "fn") else type(loss).__name__
+    return getattr(loss, "__name__", "")
+
+
+def check_labels(y, loss, output_shape) -> None:
+    """Raise before training when labels cannot fit the loss and the model's output.
+
+    Checked for array labels and the crossentropy losses: sparse labels must be
+    integers in [0, classes) of shape (n,) or (n, 1); one-hot labels must have
+    the output's shape; binary labels must lie in [0, 1].
+    """
+    if isinstance(y, tf.data.Dataset) or loss is None:
+        return
+    try:
+        labels = np.asarray(y)
+    except (TypeError, ValueError):
+        return
+    if labels.dtype == object or labels.size == 0:
+        return
+    name = _loss_name(loss).lower().replace("_", "")
+    classes = output_shape[-1]
+    if name == "sparsecategoricalcrossentropy":
+        if labels.ndim > 2 or (labels.ndim == 2 and labels.shape[1] != 1):
+            raise ValueError(
+                f"Labels of shape {labels.shape} do not fit sparse_categorical_crossentropy, "
+                "which takes one integer class per example, shape (n,). For one-hot labels "
+                "use loss='categorical_crossentropy'."
+            )
+        if not np.all(np.equal(np.mod(labels, 1), 0)):
+            raise ValueError("sparse_categorical_crossentropy needs integer class labels; "
+                             f"got non-integer values such as {labels[np.mod(labels, 1) != 0][0]!r}.")
+        low, high = labels.min(), labels.max()
+        if classes is not None and (low < 0 or high >= classes):
+            raise ValueError(
+                f"Labels range over [{low}, {high}] but the model outputs {classes} classes "
+                f"(valid labels 0..{classes - 1}). Fix the labels or the output layer's units."
+            )
+    elif name == "categoricalcrossentropy":
+        if tuple(labels.shape[1:]) != tuple(output_shape[1:]):
+            raise ValueError(
+                f"One-hot labels of shape {labels.shape} do not fit the model's output "
+                f"{output_shape}. For integer labels use loss='sparse_categorical_crossentropy'."
+            )
+    elif name == "binarycrossentropy":
+        if labels.min() < 0 or labels.max() > 1:
+            raise ValueError(
+                f"binary_crossentropy needs labels in [0, 1]; got [{labels.min()}, {labels.max()}]."
+            )
+
+
+def _batch_size(batch):
+    """Number of examples in a (possibly empty) batch structure."""
+    flat = [t for t in tf.nest.flatten(batch) if t is not None]
+    return tf.shape(flat[0])[0]
+
+
+def _with_backup_dirs(callbacks):
+    """Give MCV callbacks the directory of a `keras.callbacks.BackupAndRestore`.
+
+    Keras's backup holds the model's variables, MCV state included, but not
+    the Python state of callbacks (the stopping rule's losses and best weights,
+    the epoch summaries of `mcv_history`); those callbacks keep it in a file
+    in the same directory, which Keras deletes with its own backup at the end.
+    """
+    from keras_mcv.callbacks import EpochLRSelection, MCVStopping
+
+    backups = [c for c in callbacks if isinstance(c, keras.callbacks.BackupAndRestore)]
+    if backups:
+        for c in callbacks:
+            if isinstance(c, (EpochLRSelection, MCVStopping)) and c.backup_dir is None:
+                c.backup_dir = backups[0].backup_dir
+    return callbacks

@@ -90,20 +90,51 @@ def should_discard(pre_loss, post_loss):
     return as_scores(post_loss) > as_scores(pre_loss)
 
 
-def replica_mean(value):
+def replica_sum(value):
+    """The sum of a per-replica value over all replicas (identity on one device)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or tf.distribute.get_strategy().num_replicas_in_sync == 1:
+        return value
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def replica_mean(value, count=None):
     """The mean of a per-replica loss over all replicas (identity on one device).
 
     Keras divides each replica's loss by the number of replicas so that summed
     gradients come out right; decisions need the true mean, so this undoes the
     scaling and averages across replicas. Every replica then takes the same
     decision.
+
+    With `count` (the number of examples behind the replica's loss), the mean
+    is weighted by it: `sum_r count_r * loss_r / sum_r count_r`, the loss of the
+    whole global batch, as on one device. That matters when the shards are
+    uneven (the last batch of an epoch) or empty: an empty shard's loss is
+    ignored rather than averaged in (it may be 0 or NaN).
     """
     ctx = tf.distribute.get_replica_context()
     strategy = tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
     if ctx is None or replicas == 1:
         return value
-    return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, value * replicas)
+    value = value * replicas
+    if count is None:
+        return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+    count = tf.cast(count, value.dtype)
+    # Select rather than multiply: 0 * NaN is NaN.
+    weighted = tf.where(count > 0, value * count, tf.zeros_like(value))
+    total, n = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [weighted, count])
+    return tf.math.divide_no_nan(total, n)
+
+
+def all_finite(variables):
+    """True when every floating-point variable in `variables` is finite."""
+    checks = [
+        tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(v)))
+        for v in variables
+        if tf.as_dtype(v.dtype).is_floating
+    ]
+    return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
 
 
 class Snapshot:
@@ -124,12 +155,17 @@ class Snapshot:
         for i, v in enumerate(self.variables):
             # tf.Variable rather than keras.Variable: a plain tf.Variable is not
             # tracked into model.weights, so snapshots are never saved with the model.
+            # Aggregation NONE: under tf.distribute each replica saves and
+            # restores its own copy, locally and without a merge_call. That is
+            # exact for state a replica keeps for itself (BatchNorm moving
+            # statistics, metric totals), and for mirrored state every replica
+            # holds the same value anyway.
             self.copies.append(
                 tf.Variable(
                     tf.zeros(v.shape, dtype=v.dtype),
                     trainable=False,
                     name=f"{name}_{i}",
-                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                    aggregation=tf.VariableAggregation.NONE,
                 )
             )
 
