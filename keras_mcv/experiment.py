@@ -71,19 +71,37 @@ def check_method(method: str, alpha=None) -> None:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}.")
 
 
-def run_name(method: str, alpha=None) -> str:
-    """File stem of a run record: `search2_alpha0.5`, `voting`, ..."""
-    return f"{method}_alpha{alpha:g}" if method == "search2" else method
+OPTIMIZERS = ("sgd", "adam", "schedule_free_adamw")
 
 
-def make_optimizer(config: RecipeConfig, learning_rate=None):
-    """The recipe's optimizer at `learning_rate` (default: the recipe's)."""
+def run_name(method: str, alpha=None, optimizer=None, learning_rate=None) -> str:
+    """File stem of a run record: `search2_alpha0.5`, `voting`, `baseline_adam_lr0.001`..."""
+    name = f"{method}_alpha{0.5 if alpha is None else alpha:g}" if method == "search2" else method
+    if optimizer is not None:
+        name += f"_{optimizer}"
+    if learning_rate is not None:
+        name += f"_lr{learning_rate:g}"
+    return name
+
+
+def make_optimizer(config: RecipeConfig, optimizer=None, learning_rate=None):
+    """An optimizer: the recipe's, or `optimizer` ("sgd", "adam", "schedule_free_adamw").
+
+    SGD uses the recipe's momentum. `learning_rate` defaults to the recipe's for
+    SGD and Adam, and to Keras's default for ScheduleFreeAdamW (a
+    learning-rate-free anchor run at its defaults).
+    """
+    name = optimizer or config.optimizer
+    if name == "schedule_free_adamw":
+        if learning_rate is None:
+            return keras.optimizers.ScheduleFreeAdamW()
+        return keras.optimizers.ScheduleFreeAdamW(learning_rate=learning_rate)
     lr = config.learning_rate if learning_rate is None else learning_rate
-    if config.optimizer == "sgd":
+    if name == "sgd":
         return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum)
-    if config.optimizer == "adam":
+    if name == "adam":
         return keras.optimizers.Adam(learning_rate=lr)
-    raise ValueError(f"Unknown optimizer {config.optimizer!r}; use 'sgd' or 'adam'.")
+    raise ValueError(f"Unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}.")
 
 
 def build_method_model(net: keras.Model, method: str, alpha=None, trial_every: int = 1) -> keras.Model:
@@ -140,6 +158,8 @@ def run_method(
     seed: int = 0,
     verbose: int = 1,
     data=None,
+    optimizer=None,
+    learning_rate=None,
 ) -> dict:
     """Train `config`'s model with `method`, evaluate on the test set, write a run record.
 
@@ -159,6 +179,9 @@ def run_method(
         seed: seed of weights and shuffling. Defaults to 0.
         verbose: Keras progress bar mode. Defaults to 1.
         data: an `ArrayData` to use instead of loading (for `compare`).
+        optimizer: override the recipe's optimizer ("sgd", "adam",
+            "schedule_free_adamw"); the record's file name then says so.
+        learning_rate: override the recipe's learning rate (fixed-LR runs).
 
     Returns:
         The run record (also written to `out_dir/<recipe>/<run name>.json`).
@@ -168,6 +191,8 @@ def run_method(
     from keras_mcv import callbacks as mcv_callbacks
 
     check_method(method, alpha)
+    if optimizer is not None and optimizer not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}.")
     epochs = config.epochs if epochs is None else int(epochs)
     m = config.batch_size if batch_size is None else int(batch_size)
     if epochs < 1 or m < 1:
@@ -179,18 +204,20 @@ def run_method(
     net = config.build_model(data.input_shape, data.num_classes)
     model = build_method_model(net, method, alpha, trial_every)
     model.compile(
-        optimizer=make_optimizer(config),
+        optimizer=make_optimizer(config, optimizer, learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    path = os.path.join(out_dir, config.name, run_name(method, alpha) + ".json")
+    path = os.path.join(out_dir, config.name, run_name(method, alpha, optimizer, learning_rate) + ".json")
     run_config = {
         "recipe": config.name, "dataset": data.name, "method": method,
         "alpha": (0.5 if alpha is None else alpha) if method == "search2" else None,
         "epochs": epochs, "gradient_batch": m, "fit_batch": m if method == "baseline" else 2 * m,
         "train_examples": int(len(data.y_train)), "test_examples": int(len(data.y_test)),
-        "optimizer": config.optimizer, "momentum": config.momentum,
-        "learning_rate": config.learning_rate if method in ("baseline", "discard") else None,
+        "optimizer": optimizer or config.optimizer, "momentum": config.momentum,
+        "learning_rate": (
+            float(model.optimizer.learning_rate.numpy()) if method in ("baseline", "discard") else None
+        ),
         "patience": patience, "trial_every": trial_every, "seed": seed,
         "device": "CPU" if not _has_gpu() else "GPU",
     }

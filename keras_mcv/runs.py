@@ -471,7 +471,10 @@ def method_label(record: dict) -> str:
         return "Macro-CV grid"
     if method == "baseline" or record.get("kind") == "baseline":
         optimizer = str(config.get("optimizer", "sgd"))
-        return f"Baseline {_optimizer_name(optimizer)}"
+        label = f"Baseline {_optimizer_name(optimizer)}"
+        if _is_number(config.get("learning_rate")) and optimizer != "schedule_free_adamw":
+            label += f" lr={_fmt_g(config['learning_rate'])}"
+        return label
     name = _METHOD_NAMES.get(method, method)
     if method == "search2" and _is_number(config.get("alpha")):
         name += f", α = {_fmt_g(config['alpha'])}"
@@ -479,7 +482,9 @@ def method_label(record: dict) -> str:
 
 
 def _optimizer_name(name: str) -> str:
-    return {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}.get(name.lower(), name)
+    return {
+        "sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "schedule_free_adamw": "ScheduleFreeAdamW",
+    }.get(name.lower(), name)
 
 
 def format_count(n) -> str:

@@ -18,7 +18,7 @@ DIGITS_TABLE = [
     "| Method | Epochs | Test loss | Test acc. | Theoretical cost | Wall time |",
     "|---|---|---|---|---|---|",
     "| Macro-CV grid (winner: SGD lr=0.01, decay=0.0001) | 6.4 | 0.72 | 76.60 | – | 36m 46s |",
-    "| Baseline SGD | 6 | 0.72 | 76.60 | ~656K, ~328K | 1m 05s |",
+    "| Baseline SGD lr=0.01 | 6 | 0.72 | 76.60 | ~656K, ~328K | 1m 05s |",
     "| MCV-lr-voting (incomplete) | 2 | – | – | ~1.2K, 999 | 7.5s |",
     "| Method 1 | 4 | 0.91 | 68.48 | ~285K, ~228K | 22m 56s |",
     "| Method 2, α = 0.5 | 3 | 1.49 | 45.68 | ~162K, ~72K | 8m 37s |",
