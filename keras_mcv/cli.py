@@ -165,6 +165,10 @@ def _add_run_parsers(sub) -> None:
     p.add_argument("--data", default=None, help="data path (folder, zip or tfds dir).")
     p.add_argument("--patience", type=int, default=None, help="MCV stopping patience.")
     p.add_argument("--trial-every", type=int, default=1, help="trials on every N-th step. Defaults to 1.")
+    p.add_argument("--optimizer", default=None, choices=("sgd", "adam", "schedule_free_adamw"),
+                   help="override the recipe's optimizer (the record's name says so).")
+    p.add_argument("--lr", type=float, default=None,
+                   help="override the recipe's learning rate of fixed-LR runs.")
     p.add_argument("--seed", type=int, default=0, help="seed. Defaults to 0.")
     p.add_argument("--out", default="saved_runs", help="output directory. Defaults to saved_runs.")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras verbosity.")
@@ -188,6 +192,7 @@ def _cmd_run(args) -> int:
         config, method, alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
         subset=args.subset, data_path=args.data, patience=args.patience,
         trial_every=args.trial_every, out_dir=args.out, seed=args.seed, verbose=args.verbose,
+        optimizer=args.optimizer, learning_rate=args.lr,
     )
     test = record["test"]
     print(
@@ -244,6 +249,25 @@ def _add_bench_parser(sub) -> None:
     s.add_argument("--seed", type=int, default=0, help="data and weight seed. Defaults to 0.")
     s.add_argument("--out", default=None, help="also write the rows as JSON to this file.")
     s.set_defaults(func=_cmd_bench)
+    e = bench_sub.add_parser(
+        "e2e",
+        help="time-to-accuracy: macro-CV grid, every MCV method and fixed-optimizer anchors",
+        description="On one recipe and the same data in one process: the macro-CV grid "
+        "(scaled down by the flags), MCV-discard, MCV-lr-voting, Methods 1-3, and single "
+        "runs of SGD momentum at the recipe LR, Adam 1e-3 and ScheduleFreeAdamW at its "
+        "defaults. Writes records, a Table 4.5-style table and plots (test accuracy "
+        "against wall time among them) under OUT/RECIPE.",
+    )
+    e.add_argument("--recipe", default="cifar10_small_cnn", help="Defaults to cifar10_small_cnn.")
+    e.add_argument("--subset", type=int, default=4000,
+                   help="training images, stratified. Defaults to 4000.")
+    e.add_argument("--epochs", type=int, default=10, help="epochs of every single run. Defaults to 10.")
+    e.add_argument("--repeats", type=int, default=1, help="macro-CV splits per configuration. Defaults to 1.")
+    e.add_argument("--patience", type=int, default=3, help="macro-CV patience. Defaults to 3.")
+    e.add_argument("--max-epochs", type=int, default=10, help="macro-CV epoch cap. Defaults to 10.")
+    e.add_argument("--data", default=None, help="data path (default: the recipe's).")
+    e.add_argument("--out", default="saved_runs/benchmarks/e2e", help="Defaults to saved_runs/benchmarks/e2e.")
+    e.set_defaults(func=_cmd_bench_e2e)
 
 
 def _cmd_bench(args) -> int:
@@ -255,6 +279,33 @@ def _cmd_bench(args) -> int:
     except ValueError as e:
         print(f"keras-mcv bench {args.bench_command}: {e}", file=sys.stderr)
         return 2
+
+
+def _cmd_bench_e2e(args) -> int:
+    """Run `keras-mcv bench e2e`: `compare` with the anchors, at a CPU-sized scale."""
+    import recipes
+    from keras_mcv import experiment
+
+    config = recipes.get_recipe(args.recipe).get_config()
+    report = experiment.compare(
+        config, epochs=args.epochs, subset=args.subset, data_path=args.data,
+        macro_settings={"repeats": args.repeats, "patience": args.patience,
+                        "max_epochs": args.max_epochs},
+        anchors=(("adam", 1e-3), ("schedule_free_adamw", None)), out_dir=args.out,
+    )
+    print(report.markdown)
+    for path in report.files:
+        print(f"wrote {path}")
+    return 0
+
+
+def _parse_anchors(text):
+    """`"adam:0.001,schedule_free_adamw"` -> `(("adam", 0.001), ("schedule_free_adamw", None))`."""
+    anchors = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        name, _, lr = item.partition(":")
+        anchors.append((name, float(lr) if lr else None))
+    return tuple(anchors)
 
 
 def _add_compare_parser(sub) -> None:
@@ -276,6 +327,8 @@ def _add_compare_parser(sub) -> None:
     p.add_argument("--subset", type=int, default=None, help="first N training examples, stratified.")
     p.add_argument("--data", default=None, help="data path.")
     p.add_argument("--no-macro", action="store_true", help="skip the macro-CV baseline.")
+    p.add_argument("--anchors", default="",
+                   help="extra fixed-optimizer runs, e.g. adam:0.001,schedule_free_adamw.")
     p.add_argument("--lrs", default="0.1,0.01,0.001,0.0001", help="macro-CV learning rates.")
     p.add_argument("--decays", default="0.001,0.0005,0.0001",
                    help="macro-CV decays for the best SGD LR; 'none' skips stage 2.")
@@ -294,6 +347,7 @@ def _cmd_compare(args) -> int:
     try:
         config = recipes.get_recipe(args.recipe).get_config()
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        anchors = _parse_anchors(args.anchors)
         for method in methods:
             experiment.check_method(method)
         macro_settings = None
@@ -309,7 +363,7 @@ def _cmd_compare(args) -> int:
         print(f"keras-mcv compare: {e}", file=sys.stderr)
         return 2
     report = experiment.compare(
-        config, methods=methods, alpha=args.alpha, epochs=args.epochs,
+        config, methods=methods, alpha=args.alpha, epochs=args.epochs, anchors=anchors,
         batch_size=args.batch_size, subset=args.subset, data_path=args.data,
         macro_settings=macro_settings, out_dir=args.out, seed=args.seed,
     )

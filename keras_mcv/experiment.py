@@ -268,6 +268,7 @@ def compare(
     out_dir="saved_runs",
     seed: int = 0,
     verbose: int = 0,
+    anchors=(),
 ):
     """Run the macro-CV baseline and each method on the same data; write records and a report.
 
@@ -284,6 +285,9 @@ def compare(
         out_dir: root of the run records. Defaults to "saved_runs".
         seed: seed of every run. Defaults to 0.
         verbose: Keras verbosity. Defaults to 0.
+        anchors: extra fixed-optimizer baseline runs, `(optimizer, learning_rate)`
+            pairs (`learning_rate` None: the optimizer's default), e.g.
+            `(("adam", 1e-3), ("schedule_free_adamw", None))`. Defaults to none.
 
     Returns:
         The `runs.Report` built from `out_dir/<recipe>`.
@@ -294,6 +298,9 @@ def compare(
 
     for method in methods:
         check_method(method)
+    for optimizer, _ in anchors:
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"Unknown anchor optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}.")
     data = config.load_data(data_path, subset)
     recipe_dir = os.path.join(out_dir, config.name)
     if macro_settings is not None:
@@ -310,5 +317,11 @@ def compare(
         run_method(
             config, method, alpha=alpha if method == "search2" else None, epochs=epochs,
             batch_size=batch_size, out_dir=out_dir, seed=seed, verbose=verbose, data=data,
+        )
+    for optimizer, learning_rate in anchors:
+        run_method(
+            config, "baseline", epochs=epochs, batch_size=batch_size, out_dir=out_dir,
+            seed=seed, verbose=verbose, data=data, optimizer=optimizer,
+            learning_rate=learning_rate,
         )
     return runs.build_report(recipe_dir)

@@ -69,3 +69,19 @@ def test_bad_method_arguments():
         experiment.check_method("search1", 0.5)
     with pytest.raises(ValueError, match="Did you mean 'search1'"):
         experiment.check_method("serch1")
+
+
+def test_compare_with_anchors_and_report(tmp_path, capsys):
+    """`compare` runs the macro grid, the methods and the anchors on the same data."""
+    args = ["compare", "digits_small_cnn", "--methods", "baseline,search3", "--epochs", "1",
+            "--subset", "200", "--lrs", "0.1", "--decays", "none", "--repeats", "1",
+            "--patience", "1", "--max-epochs", "2", "--anchors", "adam:0.001,schedule_free_adamw",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for label in ("Macro-CV grid", "Baseline SGD lr=0.01", "Baseline Adam lr=0.001",
+                  "Baseline ScheduleFreeAdamW", "Method 3"):
+        assert label in out
+    names = sorted(p.name for p in (tmp_path / "digits_small_cnn").glob("*.json"))
+    assert names == ["baseline.json", "baseline_adam_lr0.001.json",
+                     "baseline_schedule_free_adamw.json", "search3.json"]
