@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from keras_mcv import data
+from keras_mcv.experiment import RecipeConfig
 
 
 def normalized(loader):
@@ -21,3 +22,15 @@ def script_main(name: str) -> int:
     from keras_mcv.cli import main
 
     return main(["run", name, *sys.argv[1:]])
+
+
+def make_config(name: str, loader, build_model, **overrides) -> RecipeConfig:
+    """A recipe's config: the thesis's shared defaults, then the recipe's overrides.
+
+    Shared defaults: SGD with momentum 0.9 at LR 0.01 (fixed-LR runs), gradient
+    batch 128, 100 epochs, Method 1, the loader's output normalised per channel.
+    """
+    settings = dict(batch_size=128, epochs=100, optimizer="sgd", momentum=0.9,
+                    learning_rate=0.01, method="search1")
+    settings.update(overrides)
+    return RecipeConfig(name=name, load_data=normalized(loader), build_model=build_model, **settings)

@@ -9,8 +9,7 @@ Run: `keras-mcv run adience_resnet50 --method search1` or `python -m recipes.adi
 import sys
 
 from keras_mcv import architectures, data
-from keras_mcv.experiment import RecipeConfig
-from recipes._common import normalized, script_main
+from recipes._common import make_config, script_main
 
 NAME = "adience_resnet50"
 
@@ -24,18 +23,8 @@ def _load_adience(data_path=None, subset=None):
     return data.load_adience(data_path, fold=0, image_size=64, subset=subset)
 
 
-def get_config() -> RecipeConfig:
-    return RecipeConfig(
-        name=NAME,
-        load_data=normalized(_load_adience),
-        build_model=architectures.resnet50,
-        batch_size=32,
-        epochs=100,
-        optimizer="sgd",
-        momentum=0.9,
-        learning_rate=0.01,
-        method="search1",
-    )
+def get_config():
+    return make_config(NAME, _load_adience, architectures.resnet50, batch_size=32)
 
 
 if __name__ == "__main__":

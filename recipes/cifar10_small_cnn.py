@@ -9,24 +9,13 @@ Run: `keras-mcv run cifar10_small_cnn --method search1` or `python -m recipes.ci
 import sys
 
 from keras_mcv import architectures, data
-from keras_mcv.experiment import RecipeConfig
-from recipes._common import normalized, script_main
+from recipes._common import make_config, script_main
 
 NAME = "cifar10_small_cnn"
 
 
-def get_config() -> RecipeConfig:
-    return RecipeConfig(
-        name=NAME,
-        load_data=normalized(data.load_cifar10),
-        build_model=architectures.cifar_small_cnn,
-        batch_size=128,
-        epochs=100,
-        optimizer="sgd",
-        momentum=0.9,
-        learning_rate=0.01,
-        method="search1",
-    )
+def get_config():
+    return make_config(NAME, data.load_cifar10, architectures.cifar_small_cnn)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ Run: `keras-mcv run digits_small_cnn --method search1` or `python -m recipes.dig
 import sys
 
 from keras_mcv import architectures, data
-from keras_mcv.experiment import RecipeConfig
-from recipes._common import normalized, script_main
+from recipes._common import make_config, script_main
 
 NAME = "digits_small_cnn"
 
@@ -24,18 +23,8 @@ def _load_digits(data_path=None, subset=None):
     )
 
 
-def get_config() -> RecipeConfig:
-    return RecipeConfig(
-        name=NAME,
-        load_data=normalized(_load_digits),
-        build_model=architectures.digits_cnn,
-        batch_size=64,
-        epochs=15,
-        optimizer="sgd",
-        momentum=0.9,
-        learning_rate=0.01,
-        method="search1",
-    )
+def get_config():
+    return make_config(NAME, _load_digits, architectures.digits_cnn, batch_size=64, epochs=15)
 
 
 if __name__ == "__main__":

@@ -6,24 +6,13 @@ Run: `keras-mcv run svhn_small_cnn --method search1` or `python -m recipes.svhn_
 import sys
 
 from keras_mcv import architectures, data
-from keras_mcv.experiment import RecipeConfig
-from recipes._common import normalized, script_main
+from recipes._common import make_config, script_main
 
 NAME = "svhn_small_cnn"
 
 
-def get_config() -> RecipeConfig:
-    return RecipeConfig(
-        name=NAME,
-        load_data=normalized(data.load_svhn),
-        build_model=architectures.svhn_small_cnn,
-        batch_size=128,
-        epochs=100,
-        optimizer="sgd",
-        momentum=0.9,
-        learning_rate=0.01,
-        method="search1",
-    )
+def get_config():
+    return make_config(NAME, data.load_svhn, architectures.svhn_small_cnn)
 
 
 if __name__ == "__main__":
