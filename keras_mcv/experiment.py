@@ -127,7 +127,10 @@ class _PrintLR(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         history = getattr(self.model, "mcv_history", None)
-        line = f"epoch {epoch + 1}: lr {float(logs.get('lr', float('nan'))):.4g}"
+        lr = logs.get("lr")
+        if lr is None:  # a plain Keras model logs no LR: read the optimizer's
+            lr = self.model.optimizer.learning_rate.numpy()
+        line = f"epoch {epoch + 1}: lr {float(lr):.4g}"
         if history and history[-1].get("epoch") == epoch + 1:
             line += f" -> next lr {history[-1]['next_lr']:.4g}"
         print(line, flush=True)
