@@ -9,7 +9,7 @@ import recipes
 from keras_mcv import data, experiment
 from keras_mcv.cli import main
 
-SHAPES = {"digits": (8, 8, 1), "cifar10": (32, 32, 3), "svhn": (32, 32, 3), "adience": (64, 64, 3)}
+SHAPES = {"digits": (8, 8, 1), "cifar10": (32, 32, 3), "svhn": (32, 32, 3), "adience": (32, 32, 3)}
 
 
 def tiny_data(name, classes):
