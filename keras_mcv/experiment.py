@@ -91,17 +91,17 @@ def make_optimizer(config: RecipeConfig, optimizer=None, learning_rate=None):
     SGD and Adam, and to Keras's default for ScheduleFreeAdamW (a
     learning-rate-free anchor run at its defaults).
     """
+    from keras_mcv import macro
+
     name = optimizer or config.optimizer
     if name == "schedule_free_adamw":
         if learning_rate is None:
             return keras.optimizers.ScheduleFreeAdamW()
         return keras.optimizers.ScheduleFreeAdamW(learning_rate=learning_rate)
+    if name not in ("sgd", "adam"):
+        raise ValueError(f"Unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}.")
     lr = config.learning_rate if learning_rate is None else learning_rate
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=lr, momentum=config.momentum)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate=lr)
-    raise ValueError(f"Unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}.")
+    return macro.make_optimizer(name, lr, momentum=config.momentum)
 
 
 def build_method_model(net: keras.Model, method: str, alpha=None, trial_every: int = 1) -> keras.Model:
