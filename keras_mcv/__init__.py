@@ -5,6 +5,7 @@ from keras_mcv import cost
 from keras_mcv import policies
 from keras_mcv.models import DiscardModel
 from keras_mcv.models import MCVModel
+from keras_mcv.models import TUNED_OPTIONS
 from keras_mcv.models import SearchModel
 from keras_mcv.models import VotingModel
 

@@ -57,7 +57,8 @@ import time
 DEFAULT_ARCHS = ("cifar_small_cnn", "bn_small_cnn")
 DEFAULT_KS = (4, 7)
 DEFAULT_TRIAL_EVERY = (1, 2, 4, 8)
-LEVERS = ("jit", "recompute")
+LEVERS = ("jit", "recompute", "subsample")
+SUBSAMPLE = 0.25  # the "subsample" lever's trial_batch_size, as a fraction of m
 SGD_LR = 1e-2
 SGD_MOMENTUM = 0.9
 
@@ -126,7 +127,10 @@ class Config:
     """One benchmarked configuration.
 
     `kind` is "plain" (the reference step), "forward", "apply" or an MCV method
-    ("search1", "search2", "voting", "discard"); `variant` is "" or "recompute".
+    ("search1", "search2", "voting", "discard", "tuned": `SearchModel` with
+    `keras_mcv.TUNED_OPTIONS`); `variant` is "" or "recompute";
+    `trial_fraction` < 1 judges trials on that fraction of the validation half
+    (`trial_batch_size`).
     """
 
     kind: str
@@ -135,6 +139,7 @@ class Config:
     alpha: float = 0.0
     jit: bool = False
     variant: str = ""
+    trial_fraction: float = 1.0
 
     @property
     def is_mcv(self) -> bool:
@@ -153,14 +158,24 @@ class Config:
             text += f" N={self.trial_every}"
         if self.variant:
             text += f" [{self.variant}]"
+        if self.trial_fraction != 1.0:
+            text += f" [trial_batch_size=m*{self.trial_fraction:g}]"
         if self.jit:
             text += " [xla]"
         return text
 
     def extra(self, f: float, a: float) -> float:
-        """Work of one trial step beyond the plain step, in units of F and A."""
+        """Work of one trial step beyond the plain step(s), in units of F and A.
+
+        Trial forwards run on `trial_fraction` of the validation half, and a
+        forward's cost is taken as proportional to its batch.
+        """
+        f = f * self.trial_fraction
         if self.kind in ("search1", "search3", "voting"):
             return (self.k + 1) * f + self.k * a
+        if self.kind == "tuned":
+            # Update trials: no optimizer step per candidate, only a weight assignment.
+            return (self.k + 1) * f
         if self.kind == "search2":
             forwards = 2 * self.k + 1 if self.alpha > 0 else self.k + 1
             return forwards * f + self.k * a
@@ -169,9 +184,13 @@ class Config:
         return 0.0
 
     def floor(self, f: float, a: float) -> float:
-        """Theoretical ratio to the plain step, from the ratios f = F/S and a = A/S."""
+        """Theoretical ratio to the plain step, from the ratios f = F/S and a = A/S.
+
+        "tuned" takes two plain steps per batch of 2m (train_validation_half).
+        """
         n = self.trial_every
-        return (n + self.extra(f, a)) / n
+        steps = 2 * n if self.kind == "tuned" else n
+        return (steps + self.extra(f, a)) / n
 
 
 def default_configs(ks=DEFAULT_KS, trial_every=DEFAULT_TRIAL_EVERY, levers=LEVERS, extras=True):
@@ -186,12 +205,17 @@ def default_configs(ks=DEFAULT_KS, trial_every=DEFAULT_TRIAL_EVERY, levers=LEVER
             Config("search2", k=k, alpha=0.5),
             Config("voting", k=min(ks)),
             Config("discard"),
+            Config("tuned", k=k, trial_every=4),
         ]
     k_max, n_amortised = max(ks), 4 if 4 in trial_every else max(trial_every)
     if "recompute" in levers:
         configs.append(Config("search1", k=k_max, variant="recompute"))
         if n_amortised != 1:
             configs.append(Config("search1", k=k_max, trial_every=n_amortised, variant="recompute"))
+    if "subsample" in levers:
+        configs.append(Config("search1", k=k_max, trial_fraction=SUBSAMPLE))
+        if n_amortised != 1:
+            configs.append(Config("search1", k=k_max, trial_every=n_amortised, trial_fraction=SUBSAMPLE))
     if "jit" in levers:
         configs += [Config("plain", jit=True), Config("forward", jit=True), Config("apply", jit=True)]
         configs.append(Config("search1", k=k_max, jit=True))
@@ -349,8 +373,13 @@ def _build_runner(config, arch, m, min_steps, seed):
             else policies.candidate_list(SGD_LR)[: config.k]
         )
         kwargs = {"candidates": candidates, "trial_every": config.trial_every}
+        if config.trial_fraction != 1.0:
+            kwargs["trial_batch_size"] = max(1, round(config.trial_fraction * m))
         if config.kind == "voting":
             cls = models.VotingModel
+        elif config.kind == "tuned":
+            cls = models.SearchModel
+            kwargs = {**models.TUNED_OPTIONS, **kwargs}
         else:
             method = int(config.kind[-1])
             kwargs.update(method=method)

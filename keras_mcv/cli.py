@@ -164,7 +164,11 @@ def _add_run_parsers(sub) -> None:
                    help="first N training examples, stratified. Defaults to all.")
     p.add_argument("--data", default=None, help="data path (folder, zip or tfds dir).")
     p.add_argument("--patience", type=int, default=None, help="MCV stopping patience.")
-    p.add_argument("--trial-every", type=int, default=1, help="trials on every N-th step. Defaults to 1.")
+    p.add_argument("--trial-every", type=int, default=None,
+                   help="trials on every N-th step. Defaults to 4 for 'tuned', else 1 (the thesis).")
+    p.add_argument("--trial-batch-size", type=int, default=None,
+                   help="judge trials on this many validation examples (noisier, cheaper). "
+                   "Defaults to the whole validation half.")
     p.add_argument("--optimizer", default=None, choices=("sgd", "adam", "schedule_free_adamw"),
                    help="override the recipe's optimizer (the record's name says so).")
     p.add_argument("--lr", type=float, default=None,
@@ -191,7 +195,7 @@ def _cmd_run(args) -> int:
     record = experiment.run_method(
         config, method, alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
         subset=args.subset, data_path=args.data, patience=args.patience,
-        trial_every=args.trial_every, out_dir=args.out, seed=args.seed, verbose=args.verbose,
+        trial_every=args.trial_every, trial_batch_size=args.trial_batch_size, out_dir=args.out, seed=args.seed, verbose=args.verbose,
         optimizer=args.optimizer, learning_rate=args.lr,
     )
     test = record["test"]
@@ -253,7 +257,8 @@ def _add_bench_parser(sub) -> None:
         "e2e",
         help="time-to-accuracy: macro-CV grid, every MCV method and fixed-optimizer anchors",
         description="On one recipe and the same data in one process: the macro-CV grid "
-        "(scaled down by the flags), MCV-discard, MCV-lr-voting, Methods 1-3, and single "
+        "(scaled down by the flags), MCV-discard, MCV-lr-voting, Methods 1-3, the tuned "
+        "MCV mode (with the recipe's optimizer and with Adam), and single "
         "runs of SGD momentum at the recipe LR, Adam 1e-3 and ScheduleFreeAdamW at its "
         "defaults. Writes records, a Table 4.5-style table and plots (test accuracy "
         "against wall time among them) under OUT/RECIPE.",
@@ -291,7 +296,7 @@ def _cmd_bench_e2e(args) -> int:
         config, epochs=args.epochs, subset=args.subset, data_path=args.data,
         macro_settings={"repeats": args.repeats, "patience": args.patience,
                         "max_epochs": args.max_epochs},
-        anchors=(("adam", 1e-3), ("schedule_free_adamw", None)), out_dir=args.out,
+        anchors=E2E_ANCHORS, out_dir=args.out,
     )
     print(report.markdown)
     for path in report.files:
@@ -299,12 +304,26 @@ def _cmd_bench_e2e(args) -> int:
     return 0
 
 
+E2E_ANCHORS = (("adam", 1e-3), ("schedule_free_adamw", None), ("adam", None, "tuned"))
+"""The extra runs of `keras-mcv bench e2e`: Adam 1e-3, ScheduleFreeAdamW at its
+defaults (baselines) and the tuned MCV mode with Adam."""
+
+
 def _parse_anchors(text):
-    """`"adam:0.001,schedule_free_adamw"` -> `(("adam", 0.001), ("schedule_free_adamw", None))`."""
+    """`[METHOD/]OPTIMIZER[:LR]` items, comma-separated.
+
+    `"adam:0.001,schedule_free_adamw,tuned/adam"` ->
+    `(("adam", 0.001), ("schedule_free_adamw", None), ("adam", None, "tuned"))`.
+    """
     anchors = []
     for item in (t.strip() for t in text.split(",") if t.strip()):
-        name, _, lr = item.partition(":")
-        anchors.append((name, float(lr) if lr else None))
+        method, _, rest = item.rpartition("/")
+        name, _, lr = rest.partition(":")
+        try:
+            value = float(lr) if lr else None
+        except ValueError:
+            raise ValueError(f"anchor {item!r}: learning rate {lr!r} is not a number.") from None
+        anchors.append((name, value, method) if method else (name, value))
     return tuple(anchors)
 
 
@@ -328,7 +347,8 @@ def _add_compare_parser(sub) -> None:
     p.add_argument("--data", default=None, help="data path.")
     p.add_argument("--no-macro", action="store_true", help="skip the macro-CV baseline.")
     p.add_argument("--anchors", default="",
-                   help="extra fixed-optimizer runs, e.g. adam:0.001,schedule_free_adamw.")
+                   help="extra runs with another optimizer, [METHOD/]OPTIMIZER[:LR], e.g. "
+                   "adam:0.001,schedule_free_adamw,tuned/adam (METHOD defaults to baseline).")
     p.add_argument("--lrs", default="0.1,0.01,0.001,0.0001", help="macro-CV learning rates.")
     p.add_argument("--decays", default="0.001,0.0005,0.0001",
                    help="macro-CV decays for the best SGD LR; 'none' skips stage 2.")
@@ -350,6 +370,13 @@ def _cmd_compare(args) -> int:
         anchors = _parse_anchors(args.anchors)
         for method in methods:
             experiment.check_method(method)
+        for anchor in anchors:
+            if anchor[0] not in experiment.OPTIMIZERS:
+                raise ValueError(
+                    f"Unknown anchor optimizer {anchor[0]!r}; use one of {', '.join(experiment.OPTIMIZERS)}."
+                )
+            if len(anchor) == 3:
+                experiment.check_method(anchor[2])
         macro_settings = None
         if not args.no_macro:
             macro_settings = {

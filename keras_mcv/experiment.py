@@ -53,8 +53,13 @@ class RecipeConfig:
     data_path: Optional[str] = None
 
 
-METHODS = ("baseline", "discard", "voting", "search1", "search2", "search3")
-"""Method names of `run_method` and `keras-mcv run --method`."""
+METHODS = ("baseline", "discard", "voting", "search1", "search2", "search3", "tuned")
+"""Method names of `run_method` and `keras-mcv run --method`.
+
+`"tuned"` is `SearchModel(**keras_mcv.TUNED_OPTIONS)`, the beyond-the-thesis
+mode of ISSUE #7 (Method 1 with update trials, smoothing, test-then-train on
+the validation half and trials on every 4th step); the others are the thesis's.
+"""
 
 
 def check_method(method: str, alpha=None) -> None:
@@ -74,13 +79,15 @@ def check_method(method: str, alpha=None) -> None:
 OPTIMIZERS = ("sgd", "adam", "schedule_free_adamw")
 
 
-def run_name(method: str, alpha=None, optimizer=None, learning_rate=None) -> str:
+def run_name(method: str, alpha=None, optimizer=None, learning_rate=None, trial_batch_size=None) -> str:
     """File stem of a run record: `search2_alpha0.5`, `voting`, `baseline_adam_lr0.001`..."""
     name = f"{method}_alpha{0.5 if alpha is None else alpha:g}" if method == "search2" else method
     if optimizer is not None:
         name += f"_{optimizer}"
     if learning_rate is not None:
         name += f"_lr{learning_rate:g}"
+    if trial_batch_size is not None:
+        name += f"_tbs{int(trial_batch_size)}"
     return name
 
 
@@ -104,13 +111,26 @@ def make_optimizer(config: RecipeConfig, optimizer=None, learning_rate=None):
     return macro.make_optimizer(name, lr, momentum=config.momentum)
 
 
-def build_method_model(net: keras.Model, method: str, alpha=None, trial_every: int = 1) -> keras.Model:
+def default_trial_every(method: str) -> int:
+    """`trial_every` of `method` when the user gives none: 4 for "tuned", else 1 (the thesis)."""
+    from keras_mcv import models
+
+    return models.TUNED_OPTIONS["trial_every"] if method == "tuned" else 1
+
+
+def build_method_model(
+    net: keras.Model, method: str, alpha=None, trial_every=None, trial_batch_size=None
+) -> keras.Model:
     """`net` as the model class that implements `method` (baseline: `net` itself)."""
     from keras_mcv import models
 
     if method == "baseline":
         return net
-    common = {"trial_every": trial_every}
+    trial_every = default_trial_every(method) if trial_every is None else trial_every
+    common = {"trial_every": trial_every, "trial_batch_size": trial_batch_size}
+    if method == "tuned":
+        options = {**models.TUNED_OPTIONS, **common}
+        return models.SearchModel.wrap(net, **options)
     if method == "discard":
         return models.DiscardModel.wrap(net, **common)
     if method == "voting":
@@ -156,7 +176,8 @@ def run_method(
     subset=None,
     data_path=None,
     patience=None,
-    trial_every: int = 1,
+    trial_every=None,
+    trial_batch_size=None,
     out_dir="saved_runs",
     seed: int = 0,
     verbose: int = 1,
@@ -177,7 +198,10 @@ def run_method(
         alpha: Method 2's alpha. Defaults to 0.5 for search2.
         epochs, batch_size, subset, data_path: override the recipe's.
         patience: MCV stopping patience. Defaults to the recipe's.
-        trial_every: run trials on every N-th step. Defaults to 1.
+        trial_every: run trials on every N-th step. Defaults to 4 for
+            "tuned" and 1 (the thesis) for the other methods.
+        trial_batch_size: judge trials on this many validation examples
+            (`MCVModel`'s option). Defaults to None: the whole half.
         out_dir: where `<recipe>/<method>.json` goes. Defaults to "saved_runs".
         seed: seed of weights and shuffling. Defaults to 0.
         verbose: Keras progress bar mode. Defaults to 1.
@@ -194,6 +218,11 @@ def run_method(
     from keras_mcv import callbacks as mcv_callbacks
 
     check_method(method, alpha)
+    trial_every = default_trial_every(method) if trial_every is None else int(trial_every)
+    if trial_every < 1:
+        raise ValueError(f"trial_every must be >= 1, got {trial_every}.")
+    if trial_batch_size is not None and int(trial_batch_size) < 1:
+        raise ValueError(f"trial_batch_size must be >= 1, got {trial_batch_size}.")
     if optimizer is not None and optimizer not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}.")
     epochs = config.epochs if epochs is None else int(epochs)
@@ -205,13 +234,13 @@ def run_method(
         data = config.load_data(data_path, subset)
     keras.utils.set_random_seed(seed)
     net = config.build_model(data.input_shape, data.num_classes)
-    model = build_method_model(net, method, alpha, trial_every)
+    model = build_method_model(net, method, alpha, trial_every, trial_batch_size)
     model.compile(
         optimizer=make_optimizer(config, optimizer, learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    path = os.path.join(out_dir, config.name, run_name(method, alpha, optimizer, learning_rate) + ".json")
+    path = os.path.join(out_dir, config.name, run_name(method, alpha, optimizer, learning_rate, trial_batch_size) + ".json")
     run_config = {
         "recipe": config.name, "dataset": data.name, "method": method,
         "alpha": (0.5 if alpha is None else alpha) if method == "search2" else None,
@@ -221,7 +250,9 @@ def run_method(
         "learning_rate": (
             float(model.optimizer.learning_rate.numpy()) if method in ("baseline", "discard") else None
         ),
-        "patience": patience, "trial_every": trial_every, "seed": seed,
+        "patience": patience, "trial_every": trial_every,
+        "trial_batch_size": trial_batch_size, "seed": seed,
+        "search_options": _search_options(model),
         "device": "CPU" if not _has_gpu() else "GPU",
     }
     recorder = mcv_callbacks.RunRecorder(path, config.name, method, run_config,
@@ -252,6 +283,17 @@ def run_method(
     return record
 
 
+def _search_options(model) -> dict | None:
+    """A SearchModel's beyond-the-thesis options, for the run record (None otherwise)."""
+    from keras_mcv import models
+
+    if not isinstance(model, models.SearchModel):
+        return None
+    keys = ("trial_step", "trial_horizon", "selection", "tolerance", "fraction",
+            "smoothing", "train_validation_half")
+    return {k: getattr(model, k) for k in keys}
+
+
 def _has_gpu() -> bool:
     import tensorflow as tf
 
@@ -261,7 +303,7 @@ def _has_gpu() -> bool:
 def compare(
     config: RecipeConfig,
     *,
-    methods=("baseline", "discard", "voting", "search1", "search2", "search3"),
+    methods=METHODS,
     alpha: float = 0.5,
     epochs=None,
     batch_size=None,
@@ -288,9 +330,12 @@ def compare(
         out_dir: root of the run records. Defaults to "saved_runs".
         seed: seed of every run. Defaults to 0.
         verbose: Keras verbosity. Defaults to 0.
-        anchors: extra fixed-optimizer baseline runs, `(optimizer, learning_rate)`
-            pairs (`learning_rate` None: the optimizer's default), e.g.
-            `(("adam", 1e-3), ("schedule_free_adamw", None))`. Defaults to none.
+        anchors: extra runs with another optimizer: `(optimizer, learning_rate)`
+            pairs, baseline runs (`learning_rate` None: the optimizer's
+            default), or `(optimizer, learning_rate, method)` triples for a
+            method other than the baseline, e.g.
+            `(("adam", 1e-3), ("schedule_free_adamw", None), ("adam", None, "tuned"))`.
+            Defaults to none.
 
     Returns:
         The `runs.Report` built from `out_dir/<recipe>`.
@@ -301,9 +346,11 @@ def compare(
 
     for method in methods:
         check_method(method)
-    for optimizer, _ in anchors:
+    anchors = [tuple(a) if len(a) == 3 else (*a, "baseline") for a in anchors]
+    for optimizer, _, method in anchors:
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"Unknown anchor optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}.")
+        check_method(method)
     data = config.load_data(data_path, subset)
     recipe_dir = os.path.join(out_dir, config.name)
     if macro_settings is not None:
@@ -321,9 +368,9 @@ def compare(
             config, method, alpha=alpha if method == "search2" else None, epochs=epochs,
             batch_size=batch_size, out_dir=out_dir, seed=seed, verbose=verbose, data=data,
         )
-    for optimizer, learning_rate in anchors:
+    for optimizer, learning_rate, method in anchors:
         run_method(
-            config, "baseline", epochs=epochs, batch_size=batch_size, out_dir=out_dir,
+            config, method, epochs=epochs, batch_size=batch_size, out_dir=out_dir,
             seed=seed, verbose=verbose, data=data, optimizer=optimizer,
             learning_rate=learning_rate,
         )

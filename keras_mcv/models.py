@@ -69,6 +69,17 @@ class MCVModel(keras.Model):
             (BatchNorm batch statistics, the same dropout mask for every
             candidate of a step). False evaluates in inference mode.
             Defaults to True.
+        trial_batch_size: judge the trials (the pre-step loss and every
+            candidate's loss) on only the first `trial_batch_size` examples of
+            the validation half, which `fit`'s shuffling makes a random
+            sub-sample; under `tf.distribute`, on the first
+            `ceil(trial_batch_size / replicas)` of each replica's half. Cheaper
+            trials, noisier decisions: it changes the statistics, so it is off
+            by default (None: the whole validation half, the thesis). The
+            validation half still trains in full with
+            `SearchModel(train_validation_half=True)`. Operation counts
+            (`ops_counts`) count forwards, whatever their size. Measured in
+            `saved_runs/benchmarks/trial_batch_size.md`.
 
     Distributed training (`tf.distribute.MirroredStrategy`,
     `MultiWorkerMirroredStrategy`): each replica splits its own shard of the
@@ -97,6 +108,7 @@ class MCVModel(keras.Model):
         validation_fraction: float = 0.5,
         trial_every: int = 1,
         trial_training: bool = True,
+        trial_batch_size=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -112,8 +124,18 @@ class MCVModel(keras.Model):
                 f"`trial_every` must be an integer >= 1, got {trial_every!r}. "
                 "Use 1 to run trials on every step (the thesis)."
             )
+        if trial_batch_size is not None and (
+            isinstance(trial_batch_size, bool)
+            or not isinstance(trial_batch_size, int)
+            or trial_batch_size < 1
+        ):
+            raise ValueError(
+                f"`trial_batch_size` must be None or an integer >= 1, got {trial_batch_size!r}. "
+                "Use None to judge trials on the whole validation half (the thesis)."
+            )
         self.validation_fraction = float(validation_fraction)
         self.trial_every = int(trial_every)
+        self.trial_batch_size = trial_batch_size
         self.trial_training = bool(trial_training)
         self._mcv = _Runtime()
         self._mcv_state = []
@@ -201,6 +223,7 @@ class MCVModel(keras.Model):
             validation_fraction=self.validation_fraction,
             trial_every=self.trial_every,
             trial_training=self.trial_training,
+            trial_batch_size=self.trial_batch_size,
         )
         return config
 
@@ -316,7 +339,7 @@ class MCVModel(keras.Model):
         else:
             self._mcv.state_snapshot.save()
             self._mcv.step_snapshot.save()
-            tried = self._run_trials(grads, train, val)
+            tried = self._run_trials(grads, train, self._trial_part(val))
             tried["train_loss"] = global_loss
             outcome = self._finish_step(grads, tried, has_val)
             self.mcv_ops.assign_add(tf.constant(self._step_cost(), tf.int64))
@@ -331,6 +354,14 @@ class MCVModel(keras.Model):
             logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
         return logs
 
+    def _trial_part(self, val):
+        """The part of the validation half that judges trials (`trial_batch_size`)."""
+        if self.trial_batch_size is None:
+            return val
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        n = max(1, math.ceil(self.trial_batch_size / replicas))
+        return tf.nest.map_structure(lambda t: None if t is None else t[:n], val)
+
     def _nonfinite_step(self, train_loss):
         """True when the step just applied must be skipped: non-finite loss or result.
 
@@ -343,14 +374,16 @@ class MCVModel(keras.Model):
             tf.logical_not(trials.all_finite(step_vars)),
         )
 
-    def _gradient(self, batch):
+    def _gradient(self, batch, weight=None):
+        """Loss, predictions and gradients on `batch`; `weight` scales the loss differentiated."""
         x, y, sample_weight = batch
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
             )
-            scaled = self.optimizer.scale_loss(loss)
+            weighted = loss if weight is None else loss * tf.cast(weight, loss.dtype)
+            scaled = self.optimizer.scale_loss(weighted)
         grads = tape.gradient(scaled, self.trainable_variables)
         return loss, y_pred, grads
 
@@ -614,6 +647,22 @@ class VotingModel(_CandidateModel):
         return cost.step_cost("voting", len(self.candidates))
 
 
+TUNED_OPTIONS = {
+    "method": 1,
+    "trial_step": "update",
+    "smoothing": 0.5,
+    "train_validation_half": True,
+    "trial_every": 4,
+}
+"""The `SearchModel` options of the beyond-the-thesis mode (ISSUE #7).
+
+Update trials along the optimizer's own step, epoch decisions smoothed in log
+space, test-then-train on the validation half, trials on every 4th step:
+`SearchModel(inputs, outputs, **TUNED_OPTIONS)`, or `--method tuned` on the
+command line. Measured against a fixed-LR grid in `saved_runs/beyond_thesis/`.
+"""
+
+
 @keras.saving.register_keras_serializable(package="keras_mcv")
 class SearchModel(_CandidateModel):
     """Adaptive LR search: a constant LR per epoch, chosen from MCV loss averages.
@@ -653,7 +702,8 @@ class SearchModel(_CandidateModel):
                             from the second decision on
     train_validation_half:  then a second step on batch_2 (test-then-train)
     ```
-    Measured in `saved_runs/beyond_thesis/ablation.md`.
+    Measured in `saved_runs/beyond_thesis/ablation.md`; the combination that
+    works is `keras_mcv.TUNED_OPTIONS` (`SearchModel(..., **TUNED_OPTIONS)`).
 
     Args:
         method: 1, 2 or 3. Defaults to 1.
@@ -820,7 +870,11 @@ class SearchModel(_CandidateModel):
         """`train_validation_half`: a second step, on the validation half.
 
         Undone (weights, optimizer, BatchNorm statistics, LR average) when the
-        validation half is empty.
+        validation half is empty. Under `tf.distribute` each replica's loss is
+        weighted by its share of the global validation half
+        (`trials.replica_share`), so a short last batch whose shards are uneven
+        (one replica's half may be empty) still takes the mean gradient of the
+        whole half, as one device would.
         """
         if not self.train_validation_half:
             return
@@ -828,7 +882,7 @@ class SearchModel(_CandidateModel):
         self._mcv.step_snapshot.save()
         if self.trial_step == "update":
             self.mcv_lr_avg.assign(tf.where(has_val, self._next_lr_avg(), self.mcv_lr_avg))
-        _, _, grads = self._gradient(val)
+        _, _, grads = self._gradient(val, weight=trials.replica_share(_batch_size(val)))
         self._apply(grads, self.mcv_lr)
         skip = tf.logical_not(has_val)
         self._mcv.step_snapshot.restore_where(skip)

@@ -83,8 +83,9 @@ _METHOD_NAMES = {
     "search1": "Method 1",
     "search2": "Method 2",
     "search3": "Method 3",
+    "tuned": "Tuned MCV",
 }
-_METHOD_ORDER = ("baseline", "discard", "voting", "search1", "search2", "search3")
+_METHOD_ORDER = ("baseline", "discard", "voting", "search1", "search2", "search3", "tuned")
 _DASH = "–"
 
 
@@ -478,6 +479,10 @@ def method_label(record: dict) -> str:
     name = _METHOD_NAMES.get(method, method)
     if method == "search2" and _is_number(config.get("alpha")):
         name += f", α = {_fmt_g(config['alpha'])}"
+    if method == "tuned":
+        name += f" ({_optimizer_name(str(config.get('optimizer', 'sgd')))})"
+    if _is_number(config.get("trial_batch_size")):
+        name += f", trial batch {int(config['trial_batch_size'])}"
     return name
 
 

@@ -98,6 +98,22 @@ def replica_sum(value):
     return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
+def replica_share(count):
+    """`replicas * count / sum_r count_r`: the weight that makes summed gradients exact.
+
+    Keras divides each replica's mean loss by the number of replicas and sums
+    the gradients: the mean of the shards' means, exact only for equal shards.
+    Multiplying a replica's loss by this share gives the mean over the whole
+    global batch instead (an empty shard weighs 0). 1 on one device.
+    """
+    ctx = tf.distribute.get_replica_context()
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if ctx is None or replicas == 1:
+        return tf.constant(1.0)
+    count = tf.cast(count, tf.float32)
+    return replicas * count / tf.maximum(replica_sum(count), 1.0)
+
+
 def replica_mean(value, count=None):
     """The mean of a per-replica loss over all replicas (identity on one device).
 

@@ -84,10 +84,14 @@ class Optimizer:
         return new
 
 
-def split(x, y, f=0.5):
+def split(x, y, f=0.5, trial_size=None):
+    """Training half, validation half (the judging part: its first `trial_size`)."""
     n = len(x)
     n_val = math.floor(f * n)
-    return (x[: n - n_val], y[: n - n_val]), (x[n - n_val :], y[n - n_val :])
+    val = (x[n - n_val :], y[n - n_val :])
+    if trial_size is not None:
+        val = (val[0][:trial_size], val[1][:trial_size])
+    return (x[: n - n_val], y[: n - n_val]), val
 
 
 def _try(params, opt, grads, lr, batch, kind):
@@ -98,10 +102,10 @@ def _try(params, opt, grads, lr, batch, kind):
     return loss
 
 
-def discard(params, opt, batches, lr, kind):
+def discard(params, opt, batches, lr, kind, trial_size=None):
     """Algorithm 3. Yields (params, slots, discarded) after every step."""
     for x, y in batches:
-        b1, b2 = split(x, y)
+        b1, b2 = split(x, y, trial_size=trial_size)
         pre = loss_fn(params, *b2, kind)
         g = grad_fn(params, *b1, kind)
         saved = opt.state()
@@ -115,11 +119,11 @@ def discard(params, opt, batches, lr, kind):
         yield params, opt.state(), discarded
 
 
-def voting(params, opt, batches, candidates, ema, kind):
+def voting(params, opt, batches, candidates, ema, kind, trial_size=None):
     """Algorithms 4-6. Yields (params, slots, votes, discarded) after every step."""
     votes = policies.initial_votes(len(candidates))
     for x, y in batches:
-        b1, b2 = split(x, y)
+        b1, b2 = split(x, y, trial_size=trial_size)
         pre = loss_fn(params, *b2, kind)
         g = grad_fn(params, *b1, kind)
         losses = [_try(params, opt, g, c, b2, kind) for c in candidates]
@@ -131,7 +135,8 @@ def voting(params, opt, batches, candidates, ema, kind):
         yield params, opt.state(), votes.copy(), best < 0
 
 
-def search(params, opt, epochs, method, alpha, kind, candidates=policies.DEFAULT_CANDIDATES):
+def search(params, opt, epochs, method, alpha, kind, candidates=policies.DEFAULT_CANDIDATES,
+           trial_size=None):
     """Algorithms 7-8. `epochs` is a list of lists of batches.
 
     Yields ("step", params, slots) after every step and ("epoch", summary) at
@@ -144,7 +149,7 @@ def search(params, opt, epochs, method, alpha, kind, candidates=policies.DEFAULT
         vals = np.zeros(len(candidates))
         pre_sum = 0.0
         for x, y in batches:
-            b1, b2 = split(x, y)
+            b1, b2 = split(x, y, trial_size=trial_size)
             pre = loss_fn(params, *b2, kind)
             g = grad_fn(params, *b1, kind)
             for k, c in enumerate(candidates):

@@ -22,6 +22,14 @@ def test_floor_formulas():
         1 + 5 * 0.25 + 4 * 0.1
     )
     assert bench.Config("discard", trial_every=2).floor(0.25, 0.1) == pytest.approx(1 + 0.25)
+    # A quarter of the validation half: every trial forward costs a quarter.
+    assert bench.Config("search1", k=7, trial_fraction=0.25).floor(0.25, 0.1) == pytest.approx(
+        1 + 8 * 0.25 * 0.25 + 7 * 0.1
+    )
+    # Tuned: two plain steps per batch, update trials (no optimizer step per candidate).
+    assert bench.Config("tuned", k=7, trial_every=4).floor(0.25, 0.1) == pytest.approx(
+        (8 + 8 * 0.25) / 4
+    )
 
 
 def test_default_configs_cover_the_issue():
@@ -32,20 +40,24 @@ def test_default_configs_cover_the_issue():
     assert labels[:3] == ["plain step (m)", "forward (m)", "apply"]
     assert "search1 K=7 N=1 [xla]" in labels and "plain step (m) [xla]" in labels
     assert "search1 K=7 N=4 [recompute]" in labels
+    assert "search1 K=7 N=1 [trial_batch_size=m*0.25]" in labels
+    assert "search1 K=7 N=4 [trial_batch_size=m*0.25]" in labels
+    assert "tuned K=7 N=4" in labels
     assert len(labels) == len(set(labels))
 
 
 def test_step_bench_tiny_returns_finite_ratios():
     rows = bench.step_bench(
         archs=("tiny",), m=8, repeats=2, ks=(2,), trial_every=(1, 2),
-        levers=("recompute",), min_steps=2,
+        levers=("recompute", "subsample"), min_steps=2,
     )
     labels = [r["config"] for r in rows]
     assert labels == [
         "plain step (m)", "forward (m)", "apply",
         "search1 K=2 N=1", "search1 K=2 N=2",
-        "search2 a=0.5 K=2 N=1", "voting K=2 N=1", "discard N=1",
+        "search2 a=0.5 K=2 N=1", "voting K=2 N=1", "discard N=1", "tuned K=2 N=4",
         "search1 K=2 N=1 [recompute]", "search1 K=2 N=2 [recompute]",
+        "search1 K=2 N=1 [trial_batch_size=m*0.25]", "search1 K=2 N=2 [trial_batch_size=m*0.25]",
     ]
     for r in rows:
         assert r["arch"] == "tiny"

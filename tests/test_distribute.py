@@ -30,6 +30,10 @@ FAMILIES = {
     "search3": ("SearchModel", {"method": 3, "candidates": [0.3, 0.03, 0.003]}),
     "voting": ("VotingModel", {"candidates": [0.3, 0.03, 0.003], "ema": 0.5}),
     "discard": ("DiscardModel", {}),
+    # The beyond-the-thesis options (keras_mcv.TUNED_OPTIONS, trials every 2nd step).
+    "tuned": ("SearchModel", {"method": 1, "trial_step": "update", "smoothing": 0.5,
+                              "train_validation_half": True, "trial_every": 2,
+                              "candidates": [0.3, 0.03, 0.003]}),
 }
 
 

@@ -458,3 +458,71 @@ def test_bad_ema_and_batch_size():
     with pytest.raises(ValueError, match="batch_size=1"):
         model.fit(x, y, batch_size=1, verbose=0)
     assert model.trace_count == 0
+
+
+# ------------------------------------------------- trial_batch_size (ISSUE #5)
+
+
+@pytest.mark.parametrize("family", ["discard", "voting", "search"])
+def test_trial_batch_size_judges_on_the_first_examples_of_the_half(family):
+    """With `trial_batch_size=3`, every decision equals the reference judged on
+    the first 3 examples of each validation half (of 8); the step still trains
+    on the whole training half."""
+    x, y = make_data(seed=3)
+    if family == "discard":
+        model = build(keras_mcv.DiscardModel, trial_batch_size=3)
+        model.optimizer.learning_rate.assign(0.5)
+    elif family == "voting":
+        model = build(keras_mcv.VotingModel, candidates=[3.0, 1.0, 0.1, 0.01], ema=0.3, trial_batch_size=3)
+    else:
+        model = build(keras_mcv.SearchModel, method=3, trial_batch_size=3)
+    params, opt, batches = ref_setup(model, x, y, "ce", "sgd")
+    cap = Capture()
+    model.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, callbacks=[cap])
+    if family == "discard":
+        ref = [(p, s) for p, s, _ in reference.discard(params, opt, batches * 3, np.float32(0.5), "ce", trial_size=3)]
+        full = [d for *_, d in reference.discard(
+            params, reference.Optimizer("sgd", params, momentum=0.9), batches * 3, np.float32(0.5), "ce")]
+        sub = [d for *_, d in reference.discard(
+            params, reference.Optimizer("sgd", params, momentum=0.9), batches * 3, np.float32(0.5), "ce",
+            trial_size=3)]
+        assert full != sub, "the sub-sample must change some decision for this case to mean anything"
+    elif family == "voting":
+        ref = [(p, s) for p, s, *_ in reference.voting(
+            params, opt, batches * 3, [3.0, 1.0, 0.1, 0.01], 0.3, "ce", trial_size=3)]
+    else:
+        events = list(reference.search(params, opt, [batches] * 3, 3, 0.0, "ce", trial_size=3))
+        ref = [(p, s) for kind, p, s in (e for e in events if e[0] == "step")]
+        ref_epochs = [e[1] for e in events if e[0] == "epoch"]
+        got = model.mcv_history
+        assert [e["next_lr"] for e in got] == pytest.approx([e["next_lr"] for e in ref_epochs], rel=1e-12)
+        for g, r in zip(got, ref_epochs):
+            np.testing.assert_allclose(g["candidate_losses"], r["scores"], rtol=1e-5)
+    assert len(cap.steps) == len(ref) == 30
+    for step, ((w, slots, _), (rp, rs)) in enumerate(zip(cap.steps, ref)):
+        assert_close(w, rp, "weights", step)
+        assert_close(slots, flat_slots(rs), "optimizer slots", step)
+
+
+def test_trial_batch_size_of_the_whole_half_is_the_default():
+    x, y = make_data(seed=3)
+    runs = []
+    for tbs in (None, BATCH // 2, 1000):
+        model = build(keras_mcv.SearchModel, method=1, trial_batch_size=tbs)
+        model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+        runs.append(([v.numpy() for v in model.trainable_variables], model.mcv_history))
+    for weights, history in runs[1:]:
+        for a, b in zip(weights, runs[0][0]):
+            np.testing.assert_array_equal(a, b)
+        assert [e["candidate_losses"] for e in history] == [e["candidate_losses"] for e in runs[0][1]]
+
+
+def test_trial_batch_size_round_trips_and_rejects_bad_values(tmp_path):
+    model = build(keras_mcv.VotingModel, trial_batch_size=4)
+    assert model.get_config()["trial_batch_size"] == 4
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    assert keras.saving.load_model(path).trial_batch_size == 4
+    for bad in (0, -1, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="trial_batch_size"):
+            build(keras_mcv.SearchModel, trial_batch_size=bad)

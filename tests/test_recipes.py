@@ -57,7 +57,11 @@ def test_digits_job_with_every_method(method, tmp_path, capsys):
     assert [e["epoch"] for e in record["epochs"]] == [1, 2]
     assert 0.0 <= record["test"]["accuracy"] <= 1.0
     assert record["ops"]["step"] > 0
-    if method.startswith("search"):
+    if method == "tuned":
+        assert record["config"]["trial_every"] == 4
+        assert record["config"]["search_options"]["trial_step"] == "update"
+        assert record["config"]["search_options"]["train_validation_half"] is True
+    if method.startswith("search") or method == "tuned":
         first = record["epochs"][0]
         assert first["candidates"] == [0.1, 0.01, 0.001, 0.0001]
         assert len(first["candidate_losses"]) == 4
@@ -75,13 +79,25 @@ def test_compare_with_anchors_and_report(tmp_path, capsys):
     """`compare` runs the macro grid, the methods and the anchors on the same data."""
     args = ["compare", "digits_small_cnn", "--methods", "baseline,search3", "--epochs", "1",
             "--subset", "200", "--lrs", "0.1", "--decays", "none", "--repeats", "1",
-            "--patience", "1", "--max-epochs", "2", "--anchors", "adam:0.001,schedule_free_adamw",
+            "--patience", "1", "--max-epochs", "2", "--anchors", "adam:0.001,schedule_free_adamw,tuned/adam",
             "--out", str(tmp_path)]
     assert main(args) == 0
     out = capsys.readouterr().out
     for label in ("Macro-CV grid", "Baseline SGD lr=0.01", "Baseline Adam lr=0.001",
-                  "Baseline ScheduleFreeAdamW", "Method 3"):
+                  "Baseline ScheduleFreeAdamW", "Method 3", "Tuned MCV (Adam)"):
         assert label in out
     names = sorted(p.name for p in (tmp_path / "digits_small_cnn").glob("*.json"))
     assert names == ["baseline.json", "baseline_adam_lr0.001.json",
-                     "baseline_schedule_free_adamw.json", "search3.json"]
+                     "baseline_schedule_free_adamw.json", "search3.json", "tuned_adam.json"]
+
+
+def test_parse_anchors():
+    from keras_mcv.cli import _parse_anchors
+
+    assert _parse_anchors("adam:0.001, schedule_free_adamw,tuned/adam,search3/sgd:0.1") == (
+        ("adam", 0.001), ("schedule_free_adamw", None), ("adam", None, "tuned"), ("sgd", 0.1, "search3"),
+    )
+    with pytest.raises(ValueError, match="not a number"):
+        _parse_anchors("adam:fast")
+    assert main(["compare", "digits_small_cnn", "--anchors", "adam:fast", "--no-macro"]) == 2
+    assert main(["compare", "digits_small_cnn", "--anchors", "tunde/adam", "--no-macro"]) == 2
