@@ -52,6 +52,12 @@ VARIANTS = {
                      "as upd_s_tv, trials on every 2nd step"),
     "upd_s_tv_te4": (dict(trial_step="update", smoothing=0.5, train_validation_half=True, trial_every=4),
                      "as upd_s_tv, trials on every 4th step"),
+    "upd_h3_s_tv_te4": (dict(trial_step="update", trial_horizon=3, smoothing=0.5, train_validation_half=True,
+                             trial_every=4),
+                        "as upd_s_tv_te4, each trial moves 3 steps of the update (w0 + 3 c/lr_avg (w1 - w0))"),
+    "upd_h10_s_tv_te4": (dict(trial_step="update", trial_horizon=10, smoothing=0.5, train_validation_half=True,
+                              trial_every=4),
+                         "as upd_s_tv_te4, each trial moves 10 steps of the update"),
 }
 DEFAULT_VARIANTS = ("thesis_m1,thesis_m3,eff,eff_tol,h3,upd,upd_s,upd_s_m3,upd_s_frac,upd_s_tol,"
                     "upd_s_te4,upd_s_tv,upd_s_tv_te2,upd_s_tv_te4")
@@ -150,6 +156,18 @@ def _cpu_ratio(pair, r):
     return r.get("cpu_s", float("nan")) / total
 
 
+def _matching_pair(previous, pair, cifar_subset):
+    """The pair of an earlier results file with the same problem, optimizer, seed and budget."""
+    if pair["problem"] == "cifar_cnn" and f"--cifar-subset {cifar_subset}" not in previous["command"]:
+        raise SystemExit(f"--grid-from {previous['command']!r} was not run with --cifar-subset {cifar_subset}.")
+    for old in previous["pairs"]:
+        if all(old[k] == pair[k] for k in ("problem", "optimizer", "seed", "epochs", "batch_m")):
+            if len(old["grid"]) == len(GRID):
+                return old
+    raise SystemExit(f"--grid-from has no complete grid for {pair['problem']} / {pair['optimizer']} "
+                     f"seed {pair['seed']}, {pair['epochs']} epochs.")
+
+
 def write_markdown(results, path, command):
     lines = ["# Beyond the thesis: ablation of the SearchModel levers (ISSUE #7)", "",
              "Reproduce (repository root):", "", "```", command, "```", "",
@@ -203,6 +221,8 @@ def write_markdown(results, path, command):
         best, best_lr, total = _pair_stats(pair)
         lines += [f"## {pair['problem']} / {pair['optimizer']} (seed {pair['seed']}, m = {pair['batch_m']}, "
                   f"{pair['epochs']} epochs)", "",
+                  *([f"Grid reused from `{pair['grid_from']}` (another process: its wall times are not "
+                     "side by side with these MCV runs).", ""] if pair.get("grid_from") else []),
                   "Grid: " + ", ".join(f"lr {k}: {r['test_accuracy']*100:.1f}% ({r['wall_s']:.1f}s)"
                                        for k, r in g.items()),
                   f"— best {best*100:.1f}% at lr {best_lr}, total {total:.1f}s.", ""]
@@ -237,7 +257,15 @@ def main(argv=None):
                    help="also train the grid's best LR for half the epochs (the MCV step count)")
     p.add_argument("--out", default="saved_runs/beyond_thesis")
     p.add_argument("--name", default="ablation", help="stem of the .md and .json files")
+    p.add_argument("--grid-from", default=None,
+                   help="reuse the fixed-LR grid (and half reference) of the same problem, optimizer, "
+                   "seed and budget from this earlier results .json instead of rerunning it; the "
+                   "tables then say so (its wall times come from that other process)")
     args = p.parse_args(argv)
+    previous = None
+    if args.grid_from:
+        with open(args.grid_from) as f:
+            previous = json.load(f)
     os.makedirs(args.out, exist_ok=True)
     variants = args.variants.split(",")
     for v in variants:
@@ -256,7 +284,15 @@ def main(argv=None):
                 pair = {"problem": prob, "optimizer": opt, "seed": seed, "batch_m": m,
                         "epochs": epochs, "grid": {}, "mcv": {}}
                 results["pairs"].append(pair)
-                for job in interleave(list(GRID), variants):
+                jobs = interleave(list(GRID), variants)
+                if previous is not None:
+                    old = _matching_pair(previous, pair, args.cifar_subset)
+                    pair["grid"] = old["grid"]
+                    if "half_reference" in old:
+                        pair["half_reference"] = old["half_reference"]
+                    pair["grid_from"] = args.grid_from
+                    jobs = list(variants)
+                for job in jobs:
                     if isinstance(job, float):
                         r = run_one(d, build, m, epochs, opt, seed, lr=job)
                         pair["grid"][f"{job:g}"] = r
@@ -270,7 +306,7 @@ def main(argv=None):
                     with open(json_path, "w") as f:
                         json.dump(results, f, indent=1)
                 pair["grid"] = {f"{lr:g}": pair["grid"][f"{lr:g}"] for lr in GRID}
-                if args.half_reference:
+                if args.half_reference and previous is None:
                     best_lr = max(GRID, key=lambda lr: pair["grid"][f"{lr:g}"]["test_accuracy"])
                     r = run_one(d, build, m, max(1, epochs // 2), opt, seed, lr=best_lr)
                     r["lr"] = best_lr

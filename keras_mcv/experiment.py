@@ -118,6 +118,20 @@ def default_trial_every(method: str) -> int:
     return models.TUNED_OPTIONS["trial_every"] if method == "tuned" else 1
 
 
+def build_optimizer(model: keras.Model) -> None:
+    """Build `model`'s optimizer now, eagerly, on its trainable variables.
+
+    Keras 3.15's `ScheduleFreeAdamW` copies the weights into its `momentum`
+    slots in `build`; when `fit` builds it lazily, that copy does not happen,
+    the slots stay zero and the first step sets every weight to about zero (a
+    ReLU network then never trains: `benchmarks/schedule_free_check.py`).
+    Building eagerly after `compile` makes the copy happen; for other
+    optimizers it only moves the build earlier.
+    """
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+
+
 def build_method_model(
     net: keras.Model, method: str, alpha=None, trial_every=None, trial_batch_size=None
 ) -> keras.Model:
@@ -223,6 +237,8 @@ def run_method(
         raise ValueError(f"trial_every must be >= 1, got {trial_every}.")
     if trial_batch_size is not None and int(trial_batch_size) < 1:
         raise ValueError(f"trial_batch_size must be >= 1, got {trial_batch_size}.")
+    if trial_batch_size is not None and method == "baseline":
+        raise ValueError("trial_batch_size applies to the MCV methods; the baseline runs no trials.")
     if optimizer is not None and optimizer not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}.")
     epochs = config.epochs if epochs is None else int(epochs)
@@ -240,6 +256,7 @@ def run_method(
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+    build_optimizer(model)
     path = os.path.join(out_dir, config.name, run_name(method, alpha, optimizer, learning_rate, trial_batch_size) + ".json")
     run_config = {
         "recipe": config.name, "dataset": data.name, "method": method,

@@ -694,7 +694,9 @@ class SearchModel(_CandidateModel):
                             own (averaged) direction; K + 2 forward, 1 step
     trial_step="effective": one optimizer step at c_k * trial_lr_scale
                             (SGD: 1 / (1 - momentum), others 1)
-    trial_horizon=H:        the trial step repeated H times (raw / effective)
+    trial_horizon=H:        the trial step repeated H times (raw / effective);
+                            update trials: w0 + H (c_k / lr_avg) (w1 - w0), the
+                            movement of H steps along the current direction
     selection="tolerant":   largest c_k within `tolerance` paired standard
                             errors of the best (Method 1 only)
     selection="fraction":   largest c_k with >= `fraction` of the best gain
@@ -713,7 +715,8 @@ class SearchModel(_CandidateModel):
             `[1e-1, 1e-2, 1e-3, 1e-4]`.
         trial_step: "raw" (the thesis), "effective" or "update". Defaults to
             "raw".
-        trial_horizon: optimizer steps per trial ("raw"/"effective" only).
+        trial_horizon: optimizer steps per trial ("raw"/"effective"); for
+            "update", the number of steps of the same update the trial moves.
             Defaults to 1.
         selection: "thesis" (`method`'s rule), "tolerant" or "fraction"
             (these two need method 1). Defaults to "thesis".
@@ -805,11 +808,6 @@ class SearchModel(_CandidateModel):
             )
         if isinstance(trial_horizon, bool) or not isinstance(trial_horizon, int) or trial_horizon < 1:
             raise ValueError(f"`trial_horizon` must be an integer >= 1, got {trial_horizon!r}.")
-        if trial_step == "update" and trial_horizon != 1:
-            raise ValueError(
-                "`trial_horizon` applies to trial_step='raw' or 'effective'; "
-                "'update' trials rescale the actual step. Use trial_horizon=1."
-            )
         if selection not in selection_rules.SELECTIONS:
             raise ValueError(
                 f"`selection` must be one of {selection_rules.SELECTIONS}, got {selection!r}."
@@ -949,7 +947,7 @@ class SearchModel(_CandidateModel):
         w1 = [tf.convert_to_tensor(v) for v in variables]
         tried = []
         for i in range(k):
-            ratio = self.mcv_candidates[i] / self.mcv_lr_avg
+            ratio = self.trial_horizon * self.mcv_candidates[i] / self.mcv_lr_avg
             for v, a, b in zip(variables, w0, w1):
                 v.assign(a + tf.cast(ratio, a.dtype) * (b - a))
             tried.append([self._eval(batch) for batch in batches])

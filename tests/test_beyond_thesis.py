@@ -145,12 +145,12 @@ def _np_loss(w, b, x, y):
     return float(-np.mean(np.log(p[np.arange(len(y)), y])))
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_update_trials_match_reference(optimizer):
+@pytest.mark.parametrize("optimizer,horizon", [("sgd", 1), ("adam", 1), ("sgd", 3)])
+def test_update_trials_match_reference(optimizer, horizon):
     """Two steps (one per epoch): every candidate's loss is the loss at
-    w0 + c / lr_avg * (w1 - w0), with lr_avg the momentum-EMA of the LR."""
+    w0 + H * c / lr_avg * (w1 - w0), with lr_avg the momentum-EMA of the LR."""
     x, y = _data()
-    model = _softmax_model(optimizer, trial_step="update", candidates=[0.3, 0.1, 0.03])
+    model = _softmax_model(optimizer, trial_step="update", candidates=[0.3, 0.1, 0.03], trial_horizon=horizon)
     capture = []
 
     class Cap(keras.callbacks.Callback):
@@ -166,7 +166,7 @@ def test_update_trials_match_reference(optimizer):
         w1 = capture[step + 1] if step + 1 < len(capture) else final
         lr_avg = beta * lr_avg + (1 - beta) * entry["lr"]
         expected = [
-            _np_loss(*(a + c / lr_avg * (b_ - a) for a, b_ in zip(w0, w1)), *val)
+            _np_loss(*(a + horizon * c / lr_avg * (b_ - a) for a, b_ in zip(w0, w1)), *val)
             for c in entry["candidates"]
         ]
         np.testing.assert_allclose(entry["candidate_val_losses"], expected, rtol=2e-4)
@@ -238,7 +238,7 @@ def test_options_round_trip(tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(trial_step="big"), "trial_step"),
     (dict(trial_horizon=0), "trial_horizon"),
-    (dict(trial_step="update", trial_horizon=2), "trial_horizon"),
+    (dict(trial_step="update", trial_horizon=2.5), "trial_horizon"),
     (dict(selection="best"), "selection"),
     (dict(selection="tolerant", method=3), "method=1"),
     (dict(tolerance=-1.0), "tolerance"),

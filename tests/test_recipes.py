@@ -73,6 +73,11 @@ def test_bad_method_arguments():
         experiment.check_method("search1", 0.5)
     with pytest.raises(ValueError, match="Did you mean 'search1'"):
         experiment.check_method("serch1")
+    config = recipes.get_recipe("digits_small_cnn").get_config()
+    with pytest.raises(ValueError, match="baseline runs no trials"):
+        experiment.run_method(config, "baseline", trial_batch_size=8)
+    with pytest.raises(ValueError, match="trial_batch_size must be >= 1"):
+        experiment.run_method(config, "tuned", trial_batch_size=0)
 
 
 def test_compare_with_anchors_and_report(tmp_path, capsys):
@@ -101,3 +106,24 @@ def test_parse_anchors():
         _parse_anchors("adam:fast")
     assert main(["compare", "digits_small_cnn", "--anchors", "adam:fast", "--no-macro"]) == 2
     assert main(["compare", "digits_small_cnn", "--anchors", "tunde/adam", "--no-macro"]) == 2
+
+
+def test_build_optimizer_keeps_schedule_free_adamw_weights():
+    """Keras 3.15's ScheduleFreeAdamW, built lazily by `fit`, zeroes the weights on
+    its first step; built by `experiment.build_optimizer`, a step at LR 0 leaves
+    them where they were (and a step at its default LR trains)."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 10)).astype("float32")
+    y = rng.normal(size=(64, 1)).astype("float32")
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((10,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    net.compile(optimizer=keras.optimizers.ScheduleFreeAdamW(0.0), loss="mse")
+    experiment.build_optimizer(net)
+    before = [v.numpy().copy() for v in net.trainable_variables]
+    net.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    for a, b in zip(before, net.trainable_variables):
+        np.testing.assert_allclose(b.numpy(), a, atol=1e-6)
+    assert np.abs(before[0]).max() > 0.1
