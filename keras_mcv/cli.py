@@ -370,13 +370,7 @@ def _cmd_compare(args) -> int:
         anchors = _parse_anchors(args.anchors)
         for method in methods:
             experiment.check_method(method)
-        for anchor in anchors:
-            if anchor[0] not in experiment.OPTIMIZERS:
-                raise ValueError(
-                    f"Unknown anchor optimizer {anchor[0]!r}; use one of {', '.join(experiment.OPTIMIZERS)}."
-                )
-            if len(anchor) == 3:
-                experiment.check_method(anchor[2])
+        experiment.check_anchors(anchors)
         macro_settings = None
         if not args.no_macro:
             macro_settings = {

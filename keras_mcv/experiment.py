@@ -317,6 +317,19 @@ def _has_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def check_anchors(anchors) -> list:
+    """`compare`'s anchors as `(optimizer, learning_rate, method)` triples, checked.
+
+    Raises a clear `ValueError` for an unknown optimizer or method.
+    """
+    triples = [tuple(a) if len(a) == 3 else (*a, "baseline") for a in anchors]
+    for optimizer, _, method in triples:
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"Unknown anchor optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}.")
+        check_method(method)
+    return triples
+
+
 def compare(
     config: RecipeConfig,
     *,
@@ -363,11 +376,7 @@ def compare(
 
     for method in methods:
         check_method(method)
-    anchors = [tuple(a) if len(a) == 3 else (*a, "baseline") for a in anchors]
-    for optimizer, _, method in anchors:
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"Unknown anchor optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}.")
-        check_method(method)
+    anchors = check_anchors(anchors)
     data = config.load_data(data_path, subset)
     recipe_dir = os.path.join(out_dir, config.name)
     if macro_settings is not None:

@@ -488,10 +488,18 @@ def test_trial_batch_size_judges_on_the_first_examples_of_the_half(family):
             trial_size=3)]
         assert full != sub, "the sub-sample must change some decision for this case to mean anything"
     elif family == "voting":
-        ref = [(p, s) for p, s, *_ in reference.voting(
-            params, opt, batches * 3, [3.0, 1.0, 0.1, 0.01], 0.3, "ce", trial_size=3)]
+        sub = list(reference.voting(params, opt, batches * 3, [3.0, 1.0, 0.1, 0.01], 0.3, "ce", trial_size=3))
+        ref = [(p, s) for p, s, *_ in sub]
+        full = list(reference.voting(
+            params, reference.Optimizer("sgd", params, momentum=0.9), batches * 3,
+            [3.0, 1.0, 0.1, 0.01], 0.3, "ce"))
+        assert not np.allclose(full[-1][2], sub[-1][2]), "the sub-sample must change the votes"
     else:
+        full = list(reference.search(
+            params, reference.Optimizer("sgd", params, momentum=0.9), [batches] * 3, 3, 0.0, "ce"))
         events = list(reference.search(params, opt, [batches] * 3, 3, 0.0, "ce", trial_size=3))
+        assert [e[1]["next_lr"] for e in full if e[0] == "epoch"] != [
+            e[1]["next_lr"] for e in events if e[0] == "epoch"], "the sub-sample must change a decision"
         ref = [(p, s) for kind, p, s in (e for e in events if e[0] == "step")]
         ref_epochs = [e[1] for e in events if e[0] == "epoch"]
         got = model.mcv_history

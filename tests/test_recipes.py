@@ -111,7 +111,7 @@ def test_parse_anchors():
 def test_build_optimizer_keeps_schedule_free_adamw_weights():
     """Keras 3.15's ScheduleFreeAdamW, built lazily by `fit`, zeroes the weights on
     its first step; built by `experiment.build_optimizer`, a step at LR 0 leaves
-    them where they were (and a step at its default LR trains)."""
+    them where they were."""
     import keras
     import numpy as np
 
