@@ -58,6 +58,10 @@ VARIANTS = {
     "upd_h10_s_tv_te4": (dict(trial_step="update", trial_horizon=10, smoothing=0.5, train_validation_half=True,
                               trial_every=4),
                          "as upd_s_tv_te4, each trial moves 10 steps of the update"),
+    # Not a SearchModel: `keras_mcv.RaceModel`, which trains on whole batches of m.
+    "race": (dict(model="race"),
+             "learning-rate race: successive halving of the candidates over rounds of 1, 2, ... "
+             "epochs, judged on pre-step (prequential) losses; whole batches of m (RaceModel)"),
 }
 DEFAULT_VARIANTS = ("thesis_m1,thesis_m3,eff,eff_tol,h3,upd,upd_s,upd_s_m3,upd_s_frac,upd_s_tol,"
                     "upd_s_te4,upd_s_tv,upd_s_tv_te2,upd_s_tv_te4")
@@ -104,6 +108,7 @@ def run_one(d, build, m, epochs, opt, seed, lr=None, options=None):
 
     from keras_mcv import callbacks as mcv_callbacks
     from keras_mcv import models
+    from keras_mcv.race_model import RaceModel
 
     t0, c0 = time.perf_counter(), time.process_time()
     keras.utils.set_random_seed(seed)
@@ -111,6 +116,10 @@ def run_one(d, build, m, epochs, opt, seed, lr=None, options=None):
     if options is None:
         model, batch, cbs = net, m, []
         optimizer = make_optimizer(opt, lr)
+    elif options.get("model") == "race":
+        model = RaceModel.wrap(net, **{k: v for k, v in options.items() if k != "model"})
+        batch, cbs = m, []
+        optimizer = make_optimizer(opt, 1e-3)
     else:
         model = models.SearchModel.wrap(net, **options)
         batch, cbs = 2 * m, mcv_callbacks.default(patience=20)
@@ -173,15 +182,19 @@ def write_markdown(results, path, command):
              "Reproduce (repository root):", "", "```", command, "```", "",
              f"Machine: {results['machine']}. One process, runs in sequence, grid runs",
              "interleaved with MCV runs; timings are noisy (2 CPU cores shared with other jobs).",
-             "MCV runs fit batches of 2m (m train / m validate, the thesis's convention, as in",
-             "`keras-mcv run`); the grid fits batches of m: same epoch budget, so MCV takes half",
-             "as many gradient steps. No LR is given to MCV runs (epoch 1: candidates",
-             "1e-1..1e-4, trains at 1e-4). SGD has momentum 0.9; Adam has Keras defaults.", "",
+             "SearchModel runs fit batches of 2m (m train / m validate, the thesis's convention, as",
+             "in `keras-mcv run`); the grid fits batches of m: same epoch budget, so they take half",
+             "as many gradient steps. The race (`RaceModel`) fits batches of m, as the grid. No LR is",
+             "given to MCV runs (candidates 1e-1..1e-4). SGD has momentum 0.9; Adam has Keras",
+             "defaults.", "",
              "Target: test accuracy >= grid best - 1 point AND wall time <= 0.5 x the grid's",
              "total wall time. Δ = MCV accuracy - grid best accuracy (points).", "",
              "Variants:", ""]
     for v in results["variants"]:
-        lines.append(f"- `{v}`: {VARIANTS[v][1]} — `SearchModel` options `{VARIANTS[v][0]}`")
+        opts = VARIANTS[v][0]
+        where = ("`RaceModel`, batches of m" if opts.get("model") == "race"
+                 else f"`SearchModel` options `{opts}`")
+        lines.append(f"- `{v}`: {VARIANTS[v][1]} — {where}")
     lines.append("")
     # Summary: mean over seeds per pair.
     keys = []

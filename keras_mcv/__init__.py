@@ -8,5 +8,6 @@ from keras_mcv.models import MCVModel
 from keras_mcv.models import TUNED_OPTIONS
 from keras_mcv.models import SearchModel
 from keras_mcv.models import VotingModel
+from keras_mcv.race_model import RaceModel
 
 __version__ = "0.1.0"

@@ -128,7 +128,8 @@ class Config:
 
     `kind` is "plain" (the reference step), "forward", "apply" or an MCV method
     ("search1", "search2", "voting", "discard", "tuned": `SearchModel` with
-    `keras_mcv.TUNED_OPTIONS`); `variant` is "" or "recompute";
+    `keras_mcv.TUNED_OPTIONS`, "race": a `RaceModel` step with K branches
+    racing, on a batch of m); `variant` is "" or "recompute";
     `trial_fraction` < 1 judges trials on that fraction of the validation half
     (`trial_batch_size`).
     """
@@ -146,9 +147,16 @@ class Config:
         return self.kind not in ("plain", "forward", "apply")
 
     @property
+    def batch_multiple(self) -> int:
+        """The step's batch in units of m: 2 for the batch-splitting MCV models, else 1."""
+        return 2 if self.is_mcv and self.kind != "race" else 1
+
+    @property
     def label(self) -> str:
         if self.kind in ("plain", "forward", "apply"):
             text = {"plain": "plain step (m)", "forward": "forward (m)", "apply": "apply"}[self.kind]
+        elif self.kind == "race":
+            text = f"race K={self.k}"
         else:
             text = self.kind
             if self.kind == "search2":
@@ -186,8 +194,11 @@ class Config:
     def floor(self, f: float, a: float) -> float:
         """Theoretical ratio to the plain step, from the ratios f = F/S and a = A/S.
 
-        "tuned" takes two plain steps per batch of 2m (train_validation_half).
+        "tuned" takes two plain steps per batch of 2m (train_validation_half);
+        "race" takes one plain step per racing branch, K in all.
         """
+        if self.kind == "race":
+            return float(self.k)
         n = self.trial_every
         steps = 2 * n if self.kind == "tuned" else n
         return (steps + self.extra(f, a)) / n
@@ -206,6 +217,7 @@ def default_configs(ks=DEFAULT_KS, trial_every=DEFAULT_TRIAL_EVERY, levers=LEVER
             Config("voting", k=min(ks)),
             Config("discard"),
             Config("tuned", k=k, trial_every=4),
+            Config("race", k=min(ks)),
         ]
     k_max, n_amortised = max(ks), 4 if 4 in trial_every else max(trial_every)
     if "recompute" in levers:
@@ -355,7 +367,7 @@ def _build_runner(config, arch, m, min_steps, seed):
     rng = np.random.default_rng(seed)
     num_classes = 10
     mcv = config.is_mcv
-    n = 2 * m if mcv else m
+    n = config.batch_multiple * m
     x = rng.random((n,) + tuple(input_shape), dtype=np.float32)
     y = rng.integers(0, num_classes, size=(n,)).astype("int64")
 
@@ -364,6 +376,11 @@ def _build_runner(config, arch, m, min_steps, seed):
     kwargs = {}
     if config.kind in ("plain", "forward", "apply"):
         cls = keras.Model
+    elif config.kind == "race":
+        from keras_mcv.race_model import RaceModel
+
+        # Called outside `fit`, the race never closes an epoch: every step races K branches.
+        cls, kwargs = RaceModel, {"candidates": list(policies.candidate_list(SGD_LR))[: config.k]}
     elif config.kind == "discard":
         cls, kwargs = models.DiscardModel, {"trial_every": config.trial_every}
     else:

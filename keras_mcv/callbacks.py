@@ -268,9 +268,13 @@ class RunRecorder(keras.callbacks.Callback):
                 lr=summary["lr"],
                 candidates=summary["candidates"],
                 candidate_losses=summary["candidate_losses"],
-                pre_loss=summary["pre_loss"],
+                # A race's pre-step loss is the logged `mcv_val_loss` itself.
+                pre_loss=summary.get("pre_loss", entry["pre_loss"]),
                 next_lr=summary["next_lr"],
             )
+            for key in ("race_round", "survivors"):  # RaceModel's summaries
+                if key in summary:
+                    entry[key] = summary[key]
         self.record["epochs"].append(entry)
         self._write()
 

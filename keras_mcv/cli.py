@@ -154,18 +154,20 @@ def _add_run_parsers(sub) -> None:
     )
     p.add_argument("recipe", metavar="RECIPE", help="recipe name (`keras-mcv list`)")
     p.add_argument("--method", default=None, choices=METHODS,
-                   help="method. Defaults to the recipe's (search1).")
+                   help="method. Defaults to the recipe's (race: the learning-rate race).")
     p.add_argument("--alpha", type=float, default=None,
                    help="Method 2's weight of the training loss. Defaults to 0.5.")
     p.add_argument("--epochs", type=int, default=None, help="epoch budget. Defaults to the recipe's.")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="gradient batch m (MCV fits batches of 2m). Defaults to the recipe's.")
+                   help="gradient batch m (the batch-splitting MCV methods fit batches of 2m; "
+                   "baseline and race fit m). Defaults to the recipe's.")
     p.add_argument("--subset", type=int, default=None,
                    help="first N training examples, stratified. Defaults to all.")
     p.add_argument("--data", default=None, help="data path (folder, zip or tfds dir).")
     p.add_argument("--patience", type=int, default=None, help="MCV stopping patience.")
     p.add_argument("--trial-every", type=int, default=None,
-                   help="trials on every N-th step. Defaults to 4 for 'tuned', else 1 (the thesis).")
+                   help="trials on every N-th step. Defaults to 4 for 'tuned', else 1 (the thesis); "
+                   "not for 'race', which has no per-step trials.")
     p.add_argument("--trial-batch-size", type=int, default=None,
                    help="judge trials on this many validation examples (noisier, cheaper). "
                    "Defaults to the whole validation half.")
@@ -189,6 +191,7 @@ def _cmd_run(args) -> int:
         config = recipes.get_recipe(args.recipe).get_config()
         method = args.method or config.method
         experiment.check_method(method, args.alpha)
+        experiment.check_split_options(method, args.trial_every, args.trial_batch_size)
     except ValueError as e:
         print(f"keras-mcv run: {e}", file=sys.stderr)
         return 2

@@ -26,12 +26,15 @@ class RecipeConfig:
             stratified, or all when None.
         build_model: `build_model(input_shape, num_classes)` -> a fresh,
             uncompiled `keras.Model`.
-        batch_size: batch size of `fit`; MCV models split each batch in halves.
+        batch_size: the gradient batch m (`fit` gets 2m for the batch-splitting
+            MCV methods, which split it in halves; m for baseline and race).
         epochs: epoch budget.
         optimizer: `"sgd"` (momentum `momentum`) or `"adam"`.
         momentum: SGD momentum. Defaults to 0.9.
         learning_rate: the LR of fixed-LR runs (baseline, DiscardModel).
         method: default MCV method name (see `keras_mcv.experiment.METHODS`).
+            Defaults to "race" (ISSUE #7's working mode; the thesis's methods
+            are "search1" etc.).
         alpha: Method 2's alpha. Defaults to 0.5.
         patience: MCV stopping patience in epochs. Defaults to 20.
         augment: flip/translate augmentation. Off, as in the thesis.
@@ -46,20 +49,30 @@ class RecipeConfig:
     optimizer: str = "sgd"
     momentum: float = 0.9
     learning_rate: float = 0.01
-    method: str = "search1"
+    method: str = "race"
     alpha: float = 0.5
     patience: int = 20
     augment: bool = False
     data_path: Optional[str] = None
 
 
-METHODS = ("baseline", "discard", "voting", "search1", "search2", "search3", "tuned")
+METHODS = ("baseline", "discard", "voting", "search1", "search2", "search3", "tuned", "race")
 """Method names of `run_method` and `keras-mcv run --method`.
 
-`"tuned"` is `SearchModel(**keras_mcv.TUNED_OPTIONS)`, the beyond-the-thesis
-mode of ISSUE #7 (Method 1 with update trials, smoothing, test-then-train on
-the validation half and trials on every 4th step); the others are the thesis's.
+Beyond the thesis (ISSUE #7): `"tuned"` is `SearchModel(**keras_mcv.TUNED_OPTIONS)`
+(Method 1 with update trials, smoothing, test-then-train on the validation half
+and trials on every 4th step); `"race"` is `keras_mcv.RaceModel` (successive
+halving of the candidate LRs over rounds of 1, 2, ... epochs). The others are
+the thesis's.
 """
+
+WHOLE_BATCH_METHODS = ("baseline", "race")
+"""Methods that train on whole batches of m; the others split batches of 2m."""
+
+
+def fit_batch_size(method: str, m: int) -> int:
+    """The batch `fit` gets: m for `WHOLE_BATCH_METHODS`, else 2m (m train, m validate)."""
+    return m if method in WHOLE_BATCH_METHODS else 2 * m
 
 
 def check_method(method: str, alpha=None) -> None:
@@ -137,9 +150,13 @@ def build_method_model(
 ) -> keras.Model:
     """`net` as the model class that implements `method` (baseline: `net` itself)."""
     from keras_mcv import models
+    from keras_mcv.race_model import RaceModel
 
     if method == "baseline":
         return net
+    if method == "race":
+        check_split_options(method, trial_every, trial_batch_size)
+        return RaceModel.wrap(net)
     trial_every = default_trial_every(method) if trial_every is None else trial_every
     common = {"trial_every": trial_every, "trial_batch_size": trial_batch_size}
     if method == "tuned":
@@ -155,6 +172,18 @@ def build_method_model(
     return models.SearchModel.wrap(net, method=number, **common)
 
 
+def check_split_options(method: str, trial_every=None, trial_batch_size=None) -> None:
+    """Refuse `trial_every` / `trial_batch_size` for methods that run no per-step trials."""
+    if method not in WHOLE_BATCH_METHODS:
+        return
+    what = "the baseline runs no trials" if method == "baseline" else (
+        "the race trains and judges every branch on whole batches")
+    if trial_batch_size is not None:
+        raise ValueError(f"trial_batch_size applies to the batch-splitting MCV methods; {what}.")
+    if method == "race" and trial_every is not None:
+        raise ValueError(f"trial_every applies to the batch-splitting MCV methods; {what}.")
+
+
 class _PrintLR(keras.callbacks.Callback):
     """Print the LR of each finished epoch and, for SearchModel, the next one."""
 
@@ -166,7 +195,13 @@ class _PrintLR(keras.callbacks.Callback):
             lr = self.model.optimizer.learning_rate.numpy()
         line = f"epoch {epoch + 1}: lr {float(lr):.4g}"
         if history and history[-1].get("epoch") == epoch + 1:
-            line += f" -> next lr {history[-1]['next_lr']:.4g}"
+            entry = history[-1]
+            if entry.get("race_round") is not None:
+                line += f" (race round {entry['race_round']}: {len(entry['candidates'])} LRs"
+                if entry.get("survivors"):
+                    line += ", kept " + ", ".join(f"{v:g}" for v in entry["survivors"])
+                line += ")"
+            line += f" -> next lr {entry['next_lr']:.4g}"
         print(line, flush=True)
 
 
@@ -232,13 +267,15 @@ def run_method(
     from keras_mcv import callbacks as mcv_callbacks
 
     check_method(method, alpha)
-    trial_every = default_trial_every(method) if trial_every is None else int(trial_every)
-    if trial_every < 1:
-        raise ValueError(f"trial_every must be >= 1, got {trial_every}.")
+    check_split_options(method, trial_every, trial_batch_size)
+    if method == "race":
+        trial_every = None
+    else:
+        trial_every = default_trial_every(method) if trial_every is None else int(trial_every)
+        if trial_every < 1:
+            raise ValueError(f"trial_every must be >= 1, got {trial_every}.")
     if trial_batch_size is not None and int(trial_batch_size) < 1:
         raise ValueError(f"trial_batch_size must be >= 1, got {trial_batch_size}.")
-    if trial_batch_size is not None and method == "baseline":
-        raise ValueError("trial_batch_size applies to the MCV methods; the baseline runs no trials.")
     if optimizer is not None and optimizer not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}.")
     epochs = config.epochs if epochs is None else int(epochs)
@@ -261,7 +298,7 @@ def run_method(
     run_config = {
         "recipe": config.name, "dataset": data.name, "method": method,
         "alpha": (0.5 if alpha is None else alpha) if method == "search2" else None,
-        "epochs": epochs, "gradient_batch": m, "fit_batch": m if method == "baseline" else 2 * m,
+        "epochs": epochs, "gradient_batch": m, "fit_batch": fit_batch_size(method, m),
         "train_examples": int(len(data.y_train)), "test_examples": int(len(data.y_test)),
         "optimizer": optimizer or config.optimizer, "momentum": config.momentum,
         "learning_rate": (
@@ -281,7 +318,7 @@ def run_method(
     try:
         model.fit(
             data.x_train, data.y_train,
-            batch_size=m if method == "baseline" else 2 * m,
+            batch_size=fit_batch_size(method, m),
             epochs=epochs, shuffle=True, verbose=verbose, callbacks=cbs,
         )
         test = model.evaluate(data.x_test, data.y_test, verbose=0, return_dict=True)

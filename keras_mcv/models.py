@@ -291,18 +291,28 @@ class MCVModel(keras.Model):
             return runtime.functions[mode]
 
         def dispatch(iterator):
-            if runtime.steps is None:
-                # Every step, with or without trials, counts one backward pass.
-                runtime.steps = int(np.asarray(self.mcv_ops.numpy())[1])
-            trial = runtime.steps % self.trial_every == 0
-            runtime.steps += 1
-            mode = self._trial_mode() if trial else ("plain",)
+            mode = self._next_mode()
             fn = function_for(mode)
             runtime.mode = mode  # read by train_step if this call traces
-            return fn(iterator)
+            logs = fn(iterator)
+            self._after_call(mode)
+            return logs
 
         self.train_function = dispatch
         return dispatch
+
+    def _next_mode(self) -> tuple:
+        """The kind of the next step: trials on every `trial_every`-th step, else plain."""
+        runtime = self._mcv
+        if runtime.steps is None:
+            # Every step, with or without trials, counts one backward pass.
+            runtime.steps = int(np.asarray(self.mcv_ops.numpy())[1])
+        trial = runtime.steps % self.trial_every == 0
+        runtime.steps += 1
+        return self._trial_mode() if trial else ("plain",)
+
+    def _after_call(self, mode) -> None:
+        """Python work after a step has run (eagerly, between steps). Default: none."""
 
     def _trial_mode(self):
         return ("trial",)
@@ -1050,16 +1060,22 @@ class SearchModel(_CandidateModel):
         return selection_rules.smooth_lr(lr, chosen, self.smoothing)
 
     def fit(self, *args, callbacks=None, **kwargs):
-        from keras_mcv.callbacks import EpochLRSelection
+        return super().fit(*args, callbacks=selection_first(callbacks), **kwargs)
 
-        callbacks = list(callbacks or [])
-        if not any(isinstance(c, EpochLRSelection) for c in callbacks):
-            callbacks.insert(0, EpochLRSelection())
-        # The selection must run before a backup is written at epoch end, so
-        # the backup holds the next epoch's LR and reset accumulators.
-        selection = [c for c in callbacks if isinstance(c, EpochLRSelection)]
-        callbacks = selection + [c for c in callbacks if not isinstance(c, EpochLRSelection)]
-        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+def selection_first(callbacks) -> list:
+    """`callbacks` with an `EpochLRSelection` (added if missing) before the others.
+
+    The selection must run before a backup is written at epoch end, so the
+    backup holds the next epoch's LR and reset accumulators.
+    """
+    from keras_mcv.callbacks import EpochLRSelection
+
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, EpochLRSelection) for c in callbacks):
+        callbacks.insert(0, EpochLRSelection())
+    selection = [c for c in callbacks if isinstance(c, EpochLRSelection)]
+    return selection + [c for c in callbacks if not isinstance(c, EpochLRSelection)]
 
 
 def _loss_name(loss) -> str:

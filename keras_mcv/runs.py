@@ -84,8 +84,9 @@ _METHOD_NAMES = {
     "search2": "Method 2",
     "search3": "Method 3",
     "tuned": "Tuned MCV",
+    "race": "LR race",
 }
-_METHOD_ORDER = ("baseline", "discard", "voting", "search1", "search2", "search3", "tuned")
+_METHOD_ORDER = ("baseline", "discard", "voting", "search1", "search2", "search3", "tuned", "race")
 _DASH = "–"
 
 
@@ -479,7 +480,7 @@ def method_label(record: dict) -> str:
     name = _METHOD_NAMES.get(method, method)
     if method == "search2" and _is_number(config.get("alpha")):
         name += f", α = {_fmt_g(config['alpha'])}"
-    if method == "tuned":
+    if method in ("tuned", "race"):
         name += f" ({_optimizer_name(str(config.get('optimizer', 'sgd')))})"
     if _is_number(config.get("trial_batch_size")):
         name += f", trial batch {int(config['trial_batch_size'])}"

@@ -196,3 +196,52 @@ class Snapshot:
     def restore_where(self, flag):
         for v, c in zip(self.variables, self.copies):
             v.assign(tf.where(flag, c, tf.convert_to_tensor(v)))
+
+
+class BranchStore:
+    """`slots` copies of a fixed list of variables, stacked: slot j holds one copy.
+
+    The race's branches (`keras_mcv.RaceModel`): `restore(j)` loads branch j
+    into the variables, `save(j)` writes them back, with `j` a Python int or
+    an int32 tensor (so one `tf.while_loop` body serves every branch). Slices
+    are read and written in place.
+
+    Args:
+        variables: the Keras or TF variables every branch owns.
+        slots: how many branches.
+        name: a prefix for the stacks' names.
+    """
+
+    def __init__(self, variables, slots: int, name: str):
+        self.variables = list(variables)
+        self.slots = int(slots)
+        self.stacks = [
+            # As Snapshot: untracked tf.Variables, each replica keeps its own.
+            tf.Variable(
+                tf.zeros((self.slots,) + tuple(v.shape), dtype=v.dtype),
+                trainable=False,
+                name=f"{name}_{i}",
+                aggregation=tf.VariableAggregation.NONE,
+            )
+            for i, v in enumerate(self.variables)
+        ]
+
+    def save(self, j):
+        for v, s in zip(self.variables, self.stacks):
+            s[j].assign(tf.convert_to_tensor(v))
+
+    def restore(self, j):
+        for v, s in zip(self.variables, self.stacks):
+            v.assign(s[j])
+
+    def fill(self):
+        """Every slot = the variables' current values."""
+        for v, s in zip(self.variables, self.stacks):
+            s.assign(tf.repeat(tf.convert_to_tensor(v)[None], self.slots, axis=0))
+
+    def reorder(self, order):
+        """Slot i takes what slot `order[i]` held (the rest keep their order after them)."""
+        order = [int(i) for i in order]
+        full = order + [i for i in range(self.slots) if i not in order]
+        for s in self.stacks:
+            s.assign(tf.gather(tf.convert_to_tensor(s), full))

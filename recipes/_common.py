@@ -28,9 +28,12 @@ def make_config(name: str, loader, build_model, **overrides) -> RecipeConfig:
     """A recipe's config: the thesis's shared defaults, then the recipe's overrides.
 
     Shared defaults: SGD with momentum 0.9 at LR 0.01 (fixed-LR runs), gradient
-    batch 128, 100 epochs, Method 1, the loader's output normalised per channel.
+    batch 128, 100 epochs, the learning-rate race (`RaceModel`, ISSUE #7: it met
+    the fixed-LR grid on every pair measured, `saved_runs/beyond_thesis/`; the
+    thesis's methods stay one `--method` away), the loader's output normalised
+    per channel.
     """
     settings = dict(batch_size=128, epochs=100, optimizer="sgd", momentum=0.9,
-                    learning_rate=0.01, method="search1")
+                    learning_rate=0.01, method="race")
     settings.update(overrides)
     return RecipeConfig(name=name, load_data=normalized(loader), build_model=build_model, **settings)

@@ -171,3 +171,61 @@ def search(params, opt, epochs, method, alpha, kind, candidates=policies.DEFAULT
         yield "epoch", {"lr": lr, "candidates": list(candidates), "scores": scores / n, "next_lr": next_lr}
         lr = next_lr
         candidates = policies.candidate_list(lr)
+
+
+def race(params, opt, epochs, candidates, kind):
+    """The learning-rate race (`keras_mcv.RaceModel`), written out without its rules module.
+
+    `epochs` is a list of lists of batches. Every branch starts from `params`
+    and `opt`'s state. Yields ("step", [params of each racing branch]) after a
+    race step, ("step", [params]) after a plain step, and ("epoch", summary)
+    at each epoch end.
+    """
+    candidates = list(candidates)
+    start = opt.state()
+    branches = [(list(params), start) for _ in candidates]
+    lrs = list(candidates)  # the LR of each racing branch, in branch order
+    round_number, epochs_in_round, rows = 1, 0, []
+    current, lr = None, None
+    for e, batches in enumerate(epochs):
+        last = e == len(epochs) - 1
+        if current is not None:  # the race is over: plain steps
+            for x, y in batches:
+                opt.set_state(current[1])
+                p = opt.apply(current[0], grad_fn(current[0], x, y, kind), np.float32(lr))
+                current = (p, opt.state())
+                yield "step", [p]
+            yield "epoch", {"lr": lr, "candidates": None, "candidate_losses": None, "survivors": None,
+                            "params": current[0]}
+            continue
+        for x, y in batches:
+            row, moved = [], []
+            for (p, state), c in zip(branches, lrs):
+                loss = loss_fn(p, x, y, kind)
+                row.append(loss if np.isfinite(loss) else np.inf)
+                opt.set_state(state)
+                p = opt.apply(p, grad_fn(p, x, y, kind), np.float32(c))
+                moved.append((p, opt.state()))
+            branches = moved
+            rows.append(row)
+            yield "step", [p for p, _ in branches]
+        epochs_in_round += 1
+        table = np.asarray(rows)
+        judged = table[len(rows) // 2:].mean(axis=0)  # the last half of the round's steps
+        order = sorted(range(len(branches)), key=lambda j: (judged[j], j))
+        summary = {"candidates": list(lrs), "candidate_losses": judged, "survivors": None}
+        if epochs_in_round == 2 ** (round_number - 1) or last:
+            keep = 1 if last else -(-len(branches) // 2)
+            order = order[:keep]
+            branches = [branches[j] for j in order]
+            lrs = [lrs[j] for j in order]
+            summary["survivors"] = list(lrs)
+            round_number, epochs_in_round, rows = round_number + 1, 0, []
+            leader = 0
+        else:
+            leader = order[0]
+        summary["lr"] = lrs[leader]
+        summary["params"] = branches[leader][0]
+        yield "epoch", summary
+        if len(branches) == 1:
+            current, lr = branches[0], lrs[0]

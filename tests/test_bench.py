@@ -30,6 +30,10 @@ def test_floor_formulas():
     assert bench.Config("tuned", k=7, trial_every=4).floor(0.25, 0.1) == pytest.approx(
         (8 + 8 * 0.25) / 4
     )
+    # Race: one plain step (on m) per racing branch.
+    assert bench.Config("race", k=4).floor(0.25, 0.1) == 4.0
+    assert bench.Config("race", k=4).batch_multiple == 1
+    assert bench.Config("search1", k=4).batch_multiple == 2
 
 
 def test_default_configs_cover_the_issue():
@@ -43,6 +47,7 @@ def test_default_configs_cover_the_issue():
     assert "search1 K=7 N=1 [trial_batch_size=m*0.25]" in labels
     assert "search1 K=7 N=4 [trial_batch_size=m*0.25]" in labels
     assert "tuned K=7 N=4" in labels
+    assert "race K=4" in labels
     assert len(labels) == len(set(labels))
 
 
@@ -55,7 +60,7 @@ def test_step_bench_tiny_returns_finite_ratios():
     assert labels == [
         "plain step (m)", "forward (m)", "apply",
         "search1 K=2 N=1", "search1 K=2 N=2",
-        "search2 a=0.5 K=2 N=1", "voting K=2 N=1", "discard N=1", "tuned K=2 N=4",
+        "search2 a=0.5 K=2 N=1", "voting K=2 N=1", "discard N=1", "tuned K=2 N=4", "race K=2",
         "search1 K=2 N=1 [recompute]", "search1 K=2 N=2 [recompute]",
         "search1 K=2 N=1 [trial_batch_size=m*0.25]", "search1 K=2 N=2 [trial_batch_size=m*0.25]",
     ]

@@ -13,6 +13,7 @@ Each replica splits its own shard of the global batch (first half trains,
 second half validates), so the single-device run sees every global batch
 reordered as `[shard0 train, shard1 train, shard0 val, shard1 val]`: the same
 training and validation halves, hence the same losses and gradients.
+`RaceModel` splits nothing: its single-device run sees the batches as they are.
 """
 
 import json
@@ -34,6 +35,8 @@ FAMILIES = {
     "tuned": ("SearchModel", {"method": 1, "trial_step": "update", "smoothing": 0.5,
                               "train_validation_half": True, "trial_every": 2,
                               "candidates": [0.3, 0.03, 0.003]}),
+    # No split: each replica trains every branch on its shard of the whole batch.
+    "race": ("RaceModel", {"candidates": [0.3, 0.03, 0.003]}),
 }
 
 
@@ -97,7 +100,8 @@ def _run_mirrored(family, out):
     result = {}
     for tag, strategy, xs, ys in [
         ("dist", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), x, y),
-        ("single", tf.distribute.get_strategy(), single_device_order(x), single_device_order(y)),
+        ("single", tf.distribute.get_strategy(),
+         *((x, y) if family == "race" else (single_device_order(x), single_device_order(y)))),
     ]:
         model = _build(family, strategy)
         hist = model.fit(xs, ys, batch_size=BATCH, epochs=3, verbose=0, shuffle=False)

@@ -61,6 +61,17 @@ def test_digits_job_with_every_method(method, tmp_path, capsys):
         assert record["config"]["trial_every"] == 4
         assert record["config"]["search_options"]["trial_step"] == "update"
         assert record["config"]["search_options"]["train_validation_half"] is True
+    if method == "race":
+        # Whole batches of m, and the race's rounds in the record.
+        assert record["config"]["fit_batch"] == record["config"]["gradient_batch"]
+        assert record["config"]["trial_every"] is None
+        first = record["epochs"][0]
+        assert first["candidates"] == [0.1, 0.01, 0.001, 0.0001]
+        assert first["race_round"] == 1 and len(first["survivors"]) == 2
+        # Two epochs end the race inside round 2: its best is kept.
+        assert len(record["epochs"][1]["survivors"]) == 1
+        assert record["epochs"][1]["lr"] == record["epochs"][1]["survivors"][0]
+        assert "race round 1" in out
     if method.startswith("search") or method == "tuned":
         first = record["epochs"][0]
         assert first["candidates"] == [0.1, 0.01, 0.001, 0.0001]
@@ -78,6 +89,11 @@ def test_bad_method_arguments():
         experiment.run_method(config, "baseline", trial_batch_size=8)
     with pytest.raises(ValueError, match="trial_batch_size must be >= 1"):
         experiment.run_method(config, "tuned", trial_batch_size=0)
+    with pytest.raises(ValueError, match="race trains and judges every branch on whole batches"):
+        experiment.run_method(config, "race", trial_every=2)
+    with pytest.raises(ValueError, match="race trains and judges"):
+        experiment.run_method(config, "race", trial_batch_size=8)
+    assert main(["run", "digits_small_cnn", "--method", "race", "--trial-every", "2"]) == 2
 
 
 def test_compare_with_anchors_and_report(tmp_path, capsys):
