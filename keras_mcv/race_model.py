@@ -37,7 +37,6 @@ class _Race:
         self.epochs_in_round = 0
         self.losses = []  # one row per step of the round: each slot's pre-step loss
         self.decided_this_epoch = False
-        self.entry = None  # this epoch's summary, filled at its end
 
 
 @keras.saving.register_keras_serializable(package="keras_mcv")
@@ -82,6 +81,8 @@ class RaceModel(_CandidateModel):
     Resuming: the race's branches are not saved. A run resumed (from
     `keras.callbacks.BackupAndRestore`) inside the race goes on with the
     branch that led at the last saved epoch, at its LR, as plain training.
+    A second `fit` in the same process (after early stopping, say) goes on
+    with the race where it stopped.
 
     Args:
         candidates: the candidate LRs. Defaults to `[1e-1, 1e-2, 1e-3, 1e-4]`
@@ -187,9 +188,10 @@ class RaceModel(_CandidateModel):
             self.mcv_race_leader.assign(0)
             self.mcv_race_state.assign(RACING)
             self._mcv.race = _Race(range(len(self.candidates)))
-        elif state == RACING:
-            # The branches of a race begun in another `fit` (or process) are
-            # gone; the weights and LR are those of its last saved leader.
+        elif state == RACING and self._mcv.race is None:
+            # A race begun in another process (a resumed run): its branches are
+            # gone; the weights and LR are those of its last saved leader. (A
+            # second `fit` in the same process goes on with the live race.)
             self.mcv_race_state.assign(FINISHED)
 
     def _after_call(self, mode) -> None:
@@ -352,9 +354,8 @@ class RaceModel(_CandidateModel):
         entry = {"epoch": int(epoch), "lr": float(self.mcv_lr.numpy()),
                  "candidates": None, "candidate_losses": None, "race_round": None,
                  "survivors": None}
-        race_entry = getattr(self._mcv, "race_entry", None)
-        if race_entry is not None:
-            entry.update(race_entry)
+        if self._mcv.race_entry is not None:
+            entry.update(self._mcv.race_entry)
         entry["next_lr"] = float(self.mcv_lr.numpy())
         self._mcv.race_entry = None
         self._mcv.history.append(entry)

@@ -182,6 +182,34 @@ def test_resumed_inside_the_race_goes_on_with_the_saved_leader(tmp_path):
     assert resumed.mcv_history[-1]["lr"] == pytest.approx(leader_lr)
 
 
+def test_a_second_fit_in_the_same_process_goes_on_with_the_race():
+    x, y = make_data(seed=3)
+    model = build(keras_mcv.RaceModel, candidates=CANDIDATES["sgd"])
+
+    class StopAfterFirst(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    model.fit(x, y, batch_size=BATCH, epochs=5, shuffle=False, verbose=0, callbacks=[StopAfterFirst()])
+    assert model.mcv_race_state.numpy() == race_model.RACING
+    assert len(model.mcv_history[0]["survivors"]) == 2
+    before = model.ops_counts()["step"]
+
+    class State(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.seen = getattr(self, "seen", []) + [int(self.model.mcv_race_state.numpy())]
+
+    state = State()
+    model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[state])
+    # Still racing until round 2 ends on the last step.
+    assert state.seen[:-1] == [race_model.RACING] * 19 and state.seen[-1] == race_model.FINISHED
+    # Round 2: both survivors race for its two epochs, 10 steps each.
+    assert model.ops_counts()["step"] - before == 2 * 2 * 10
+    assert [e["race_round"] for e in model.mcv_history[1:]] == [2, 2]
+    assert len(model.mcv_history[-1]["survivors"]) == 1
+    assert model.mcv_race_state.numpy() == race_model.FINISHED
+
+
 def test_a_second_fit_continues_at_the_winner():
     x, y = make_data(seed=3)
     model = build(keras_mcv.RaceModel, candidates=CANDIDATES["sgd"])
