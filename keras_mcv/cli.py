@@ -249,7 +249,7 @@ def _add_bench_parser(sub) -> None:
                    help="comma-separated levers to time as extra rows (jit, recompute) "
                    "or 'none'. Defaults to jit,recompute.")
     s.add_argument("--no-extras", action="store_true",
-                   help="skip the Method 2, Voting and Discard rows.")
+                   help="skip the Method 2, Voting, Discard, tuned and race rows.")
     s.add_argument("--steps", type=int, default=4,
                    help="steps per timed sample (rounded up to a multiple of "
                    "trial_every). Defaults to 4.")
