@@ -1,11 +1,11 @@
-"""Does Keras's ScheduleFreeAdamW train the CIFAR small CNN here? (ISSUE #5 anchor check)
+"""Does Keras's ScheduleFreeAdamW train the CIFAR small CNN here? (the end-to-end anchor)
 
 The end-to-end benchmark runs `keras.optimizers.ScheduleFreeAdamW` at its
-defaults as a learning-rate-free anchor; in session 1 its training loss stayed
-at ln 10 on `cifar10_small_cnn`. This separates "the optimizer at these
+defaults as a learning-rate-free anchor; in its first run its training loss
+stayed at ln 10 on `cifar10_small_cnn`. This separates "the optimizer at these
 settings" from "the way it is built": plain `model.fit` with ScheduleFreeAdamW
 at its default LR (built lazily by `fit`, and built eagerly after `compile` by
-`keras_mcv.experiment.build_optimizer`), at a 10x smaller LR and with warm-up,
+`keras_mcv.optimizers.build_optimizer`), at a 10x smaller LR and with warm-up,
 against Adam at the same LR, on a CIFAR-10 subset; one step at LR 0 (which must
 leave the weights alone); and both optimizers on a small least-squares problem.
 
@@ -47,21 +47,21 @@ def main(argv=None) -> int:
 
     import recipes
 
-    config = recipes.get_recipe("cifar10_small_cnn").get_config()
+    config = recipes.get_config("cifar10_small_cnn")
     data = config.load_data(args.data, args.subset)
     steps = -(-len(data.y_train) // config.batch_size)
     print(f"cifar10_small_cnn, {len(data.y_train)} training images, batch {config.batch_size}, "
           f"{args.epochs} epochs ({steps * args.epochs} steps), CPU; test on 2000 test images")
-    from keras_mcv import experiment
+    from keras_mcv import optimizers
 
     runs = [(name, make, False) for name, make in _runs(steps, args.epochs)]
-    runs.insert(1, (runs[0][0] + ", built eagerly (experiment.build_optimizer)", runs[0][1], True))
+    runs.insert(1, (runs[0][0] + ", built eagerly (optimizers.build_optimizer)", runs[0][1], True))
     for name, make, eager in runs:
         keras.utils.set_random_seed(0)
         net = config.build_model(data.input_shape, data.num_classes)
         net.compile(optimizer=make(), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         if eager:
-            experiment.build_optimizer(net)
+            optimizers.build_optimizer(net)
         hist = net.fit(data.x_train, data.y_train, batch_size=config.batch_size, epochs=args.epochs, verbose=0)
         _, acc = net.evaluate(data.x_test[:2000], data.y_test[:2000], verbose=0)
         losses = ", ".join(f"{v:.3f}" for v in hist.history["loss"])
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         keras.utils.set_random_seed(0)
         net = keras.Sequential([keras.Input((10,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(1)])
         net.compile(optimizer=make(0.01), loss="mse")
-        experiment.build_optimizer(net)
+        optimizers.build_optimizer(net)
         hist = net.fit(x, y, batch_size=64, epochs=5, verbose=0)
         print(f"  {name}: training MSE " + ", ".join(f"{v:.3f}" for v in hist.history["loss"]))
     return 0

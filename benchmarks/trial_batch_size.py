@@ -1,4 +1,4 @@
-"""What judging trials on a sub-sample of the validation half does (ISSUE #5, lever 2).
+"""What judging trials on a sub-sample of the validation half does to decisions and cost.
 
 `trial_batch_size` evaluates the pre-step loss and every candidate's loss on
 the first `t` examples of the (shuffled) validation half instead of all `m`:
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     import recipes
     from keras_mcv import experiment
 
-    config = recipes.get_recipe(args.recipe).get_config()
+    config = recipes.get_config(args.recipe)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for method in methods:
         experiment.check_method(method)
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
                 print(f"seed {seed} {method} tbs={tbs or m}: acc {rows[-1]['acc']:.4f} "
                       f"wall {rows[-1]['wall']:.0f}s", file=sys.stderr, flush=True)
     lines = [
-        f"# trial_batch_size on {config.name} (ISSUE #5)",
+        f"# trial_batch_size on {config.name}",
         "",
         f"Run {started}, {time.perf_counter() - t0:.0f} s in all; {platform.machine()}, "
         f"{os.cpu_count()} CPUs, **CPU only**. Gradient batch m = {m} (MCV fits 2m; the "

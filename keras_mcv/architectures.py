@@ -29,7 +29,7 @@ def digits_cnn(input_shape=(8, 8, 1), num_classes: int = 10) -> keras.Model:
 
     References:
         Not in the thesis: the embedded default recipe that runs anywhere
-        (design doc, "Recipes"), shaped like the small CNNs of section 4.3.
+        (`recipes`), shaped like the small CNNs of section 4.3.
     """
     inputs = keras.Input(shape=input_shape)
     x = layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)

@@ -16,7 +16,8 @@ import warnings
 import keras
 import numpy as np
 
-from keras_mcv import policies, runs
+from keras_mcv import records
+from keras_mcv.rules import thesis as thesis_rules
 
 
 class EpochLRSelection(keras.callbacks.Callback):
@@ -79,7 +80,7 @@ class EpochLRSelection(keras.callbacks.Callback):
             return
         self.history.append(end_epoch(epoch + 1))
         if self.backup_dir:
-            _write_atomic(self._path(), lambda f: json.dump(
+            records.write_atomic(self._path(), lambda f: json.dump(
                 self.model.mcv_history, f, default=_json_default))
 
 
@@ -183,7 +184,7 @@ class MCVStopping(keras.callbacks.Callback):
         }
         for i, w in enumerate(self.best_weights or []):
             arrays[f"w{i}"] = w
-        _write_atomic(self._path(), lambda f: np.savez(f, **arrays), mode="wb")
+        records.write_atomic(self._path(), lambda f: np.savez(f, **arrays), mode="wb")
 
     def _variables(self):
         network = getattr(self.model, "network_variables", None)
@@ -205,7 +206,7 @@ class MCVStopping(keras.callbacks.Callback):
             self.best = value
             self.best_epoch = epoch
             self.best_weights = [np.array(v.numpy()) for v in self._variables()]
-        stop, restore = policies.stopping_decision(self.losses, self.patience)
+        stop, restore = thesis_rules.stopping_decision(self.losses, self.patience)
         if self.backup_dir:
             self._save()
         if not stop:
@@ -226,7 +227,7 @@ class MCVStopping(keras.callbacks.Callback):
 class RunRecorder(keras.callbacks.Callback):
     """Write a run record after every epoch, atomically, so a crash loses nothing.
 
-    The record (format in `keras_mcv.runs`) holds the config, per-epoch logs,
+    The record (format in `keras_mcv.records`) holds the config, per-epoch logs,
     the LR used, the candidate lists and their average losses, the operation
     counts and wall time. Its status is "running" until `finish` marks it
     "complete" (or "failed"); a process that dies leaves it "running", which the
@@ -242,7 +243,7 @@ class RunRecorder(keras.callbacks.Callback):
     def __init__(self, path, recipe: str = "", method: str = "", config=None, kind: str = "mcv"):
         super().__init__()
         self.path = path
-        self.record = runs.new_record(kind, recipe, method, dict(config or {}))
+        self.record = records.new_record(kind, recipe, method, dict(config or {}))
         self._start = None
 
     def on_train_begin(self, logs=None):
@@ -251,31 +252,24 @@ class RunRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: _float(v) for k, v in (logs or {}).items()}
-        entry = {
-            "epoch": epoch + 1,
-            "wall_time_s": time.perf_counter() - self._start,
-            "logs": logs,
-            "lr": logs.get("lr"),
-            "candidates": None,
-            "candidate_losses": None,
-            "pre_loss": logs.get("mcv_val_loss"),
-            "next_lr": None,
-        }
+        decision = {"lr": logs.get("lr"), "pre_loss": logs.get("mcv_val_loss")}
         history = getattr(self.model, "mcv_history", None)
-        if history and history[-1].get("epoch") == epoch + 1:
-            summary = history[-1]
-            entry.update(
+        summary = history[-1] if history and history[-1].get("epoch") == epoch + 1 else None
+        if summary is not None:
+            decision.update(
                 lr=summary["lr"],
                 candidates=summary["candidates"],
                 candidate_losses=summary["candidate_losses"],
                 # A race's pre-step loss is the logged `mcv_val_loss` itself.
-                pre_loss=summary.get("pre_loss", entry["pre_loss"]),
+                pre_loss=summary.get("pre_loss", decision["pre_loss"]),
                 next_lr=summary["next_lr"],
             )
-            for key in ("race_round", "survivors"):  # RaceModel's summaries
-                if key in summary:
-                    entry[key] = summary[key]
-        self.record["epochs"].append(entry)
+        entry = records.add_epoch(
+            self.record, epoch + 1, time.perf_counter() - self._start, logs, **decision
+        )
+        for key in ("race_round", "survivors"):  # RaceModel's summaries
+            if summary is not None and key in summary:
+                entry[key] = summary[key]
         self._write()
 
     def _write(self):
@@ -284,7 +278,7 @@ class RunRecorder(keras.callbacks.Callback):
         ops_counts = getattr(self.model, "ops_counts", None)
         if ops_counts is not None:
             self.record["ops"] = ops_counts()
-        runs.write_record(self.path, self.record)
+        records.write_record(self.path, self.record)
 
     def finish(self, status: str = "complete", test=None, **extra):
         """Mark the record finished (with test results) and write it."""
@@ -293,15 +287,6 @@ class RunRecorder(keras.callbacks.Callback):
             self.record["test"] = test
         self.record.update(extra)
         self._write()
-
-
-def _write_atomic(path, write, mode="w"):
-    """Write a file through a temporary one, so a crash never leaves half a file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, mode) as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 def _json_default(value):

@@ -1,12 +1,46 @@
 """`keras-mcv` command line: parses arguments, then calls library functions.
 
-Subcommands: run, list, tune, compare, report, bench.
+Subcommands: run, list, tune, compare, report, bench. Nothing heavy is
+imported before a subcommand needs it, so `--help` and `list` answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+DEFAULT_OUT = "runs"
+"""Where `run` and `compare` write records unless `--out` says otherwise: a
+directory of the user's own, apart from the records committed in `saved_runs/`."""
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a bad value is a one-line usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def _floats(text: str, flag: str) -> tuple:
+    """Comma-separated numbers; '' or 'none' is the empty tuple."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(
+            f"{flag} {text!r} is not a comma-separated list of numbers, e.g. {flag} 0.1,0.01"
+        ) from None
+
+
+def _load_recipe(name: str):
+    import recipes
+
+    return recipes.get_config(name)
 
 
 def _add_report_parser(sub) -> None:
@@ -24,10 +58,10 @@ def _add_report_parser(sub) -> None:
 
 def _cmd_report(args) -> int:
     """Run `keras-mcv report`: build the report, print it, the warnings and the files."""
-    from keras_mcv import runs
+    from keras_mcv import report as report_lib
 
     try:
-        report = runs.build_report(args.directory, out_dir=args.out)
+        report = report_lib.build_report(args.directory, out_dir=args.out)
     except FileNotFoundError as e:
         print(f"keras-mcv report: {e}", file=sys.stderr)
         return 2
@@ -63,22 +97,22 @@ def _add_tune_parser(sub) -> None:
     p.add_argument("--decays", default="0.001,0.0005,0.0001",
                    help="comma-separated stage-2 decay rates for the best SGD learning "
                    "rate; 'none' skips stage 2. Defaults to 0.001,0.0005,0.0001.")
-    p.add_argument("--repeats", type=int, default=5,
+    p.add_argument("--repeats", type=positive_int, default=5,
                    help="stratified splits per configuration. Defaults to 5.")
-    p.add_argument("--patience", type=int, default=20,
+    p.add_argument("--patience", type=positive_int, default=20,
                    help="early-stopping patience in epochs. Defaults to 20.")
-    p.add_argument("--max-epochs", type=int, default=100,
+    p.add_argument("--max-epochs", type=positive_int, default=100,
                    help="epoch cap of each split run. Defaults to 100.")
-    p.add_argument("--subset", type=int, default=None,
+    p.add_argument("--subset", type=positive_int, default=None,
                    help="keep the first N training examples (stratified). Defaults to all.")
     p.add_argument("--data", default=None,
                    help="dataset location. Defaults to the recipe's.")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="batch size. Defaults to the recipe's.")
     p.add_argument("--seed", type=int, default=0,
                    help="base seed of splits and initialisations. Defaults to 0.")
     p.add_argument("--out", default=None,
-                   help="output directory. Defaults to saved_runs/RECIPE/macro.")
+                   help=f"output directory. Defaults to {DEFAULT_OUT}/RECIPE/macro.")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh instead of resuming OUT/tuner.")
     p.add_argument("--verbose", type=int, default=1,
@@ -91,27 +125,15 @@ def _cmd_tune(args) -> int:
     """Run `keras-mcv tune`: load the recipe and data, run the grid, print and save it."""
     import os
 
-    def floats(text, flag):
-        if text.strip().lower() in ("", "none"):
-            return ()
-        try:
-            return tuple(float(v) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise ValueError(
-                f"{flag} {text!r} is not a comma-separated list of numbers, "
-                f"e.g. {flag} 0.1,0.01"
-            ) from None
-
+    floats = _floats
     try:
-        import recipes
-
-        config = recipes.get_recipe(args.recipe).get_config()
+        config = _load_recipe(args.recipe)
     except (ImportError, KeyError, ValueError) as e:
         print(f"keras-mcv tune: {e}", file=sys.stderr)
         return 2
     from keras_mcv import macro
 
-    out = args.out or os.path.join("saved_runs", config.name, "macro")
+    out = args.out or os.path.join(DEFAULT_OUT, config.name, "macro")
     try:
         lrs = floats(args.lrs, "--lrs")
         decays = floats(args.decays, "--decays")
@@ -144,31 +166,36 @@ def _cmd_tune(args) -> int:
 
 def _add_run_parsers(sub) -> None:
     """Add `keras-mcv run RECIPE --method M` and `keras-mcv list` to `sub`."""
-    from keras_mcv.experiment import METHODS
+    from keras_mcv import methods
 
     p = sub.add_parser(
         "run",
         help="train a recipe with one method and write a run record",
         description="Train RECIPE with METHOD, print the LR chosen per epoch and the "
-        "test accuracy, and write saved_runs/RECIPE/METHOD.json.",
+        f"test accuracy, and write OUT/RECIPE/METHOD.json (OUT defaults to {DEFAULT_OUT}/).",
     )
     p.add_argument("recipe", metavar="RECIPE", help="recipe name (`keras-mcv list`)")
-    p.add_argument("--method", default=None, choices=METHODS,
-                   help="method. Defaults to the recipe's (race: the learning-rate race).")
+    p.add_argument("--method", default=None, choices=methods.names(),
+                   help="method (`keras-mcv list`). Defaults to the recipe's "
+                   "(race: the learning-rate race).")
     p.add_argument("--alpha", type=float, default=None,
                    help="Method 2's weight of the training loss. Defaults to 0.5.")
-    p.add_argument("--epochs", type=int, default=None, help="epoch budget. Defaults to the recipe's.")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--candidates", default=None,
+                   help="comma-separated candidate LRs of race, voting and search. "
+                   "Defaults to the recipe's, else 0.1,0.01,0.001,0.0001.")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="epoch budget. Defaults to the recipe's.")
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="gradient batch m (the batch-splitting MCV methods fit batches of 2m; "
-                   "baseline and race fit m). Defaults to the recipe's.")
-    p.add_argument("--subset", type=int, default=None,
+                   "the others fit m). Defaults to the recipe's.")
+    p.add_argument("--subset", type=positive_int, default=None,
                    help="first N training examples, stratified. Defaults to all.")
     p.add_argument("--data", default=None, help="data path (folder, zip or tfds dir).")
-    p.add_argument("--patience", type=int, default=None, help="MCV stopping patience.")
-    p.add_argument("--trial-every", type=int, default=None,
-                   help="trials on every N-th step. Defaults to 4 for 'tuned', else 1 (the thesis); "
-                   "not for 'race', which has no per-step trials.")
-    p.add_argument("--trial-batch-size", type=int, default=None,
+    p.add_argument("--patience", type=positive_int, default=None, help="MCV stopping patience.")
+    p.add_argument("--trial-every", type=positive_int, default=None,
+                   help="trials on every N-th step (batch-splitting methods). Defaults to 4 "
+                   "for 'tuned', else 1 (the thesis).")
+    p.add_argument("--trial-batch-size", type=positive_int, default=None,
                    help="judge trials on this many validation examples (noisier, cheaper). "
                    "Defaults to the whole validation half.")
     p.add_argument("--optimizer", default=None, choices=("sgd", "adam", "schedule_free_adamw"),
@@ -176,30 +203,34 @@ def _add_run_parsers(sub) -> None:
     p.add_argument("--lr", type=float, default=None,
                    help="override the recipe's learning rate of fixed-LR runs.")
     p.add_argument("--seed", type=int, default=0, help="seed. Defaults to 0.")
-    p.add_argument("--out", default="saved_runs", help="output directory. Defaults to saved_runs.")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help=f"output directory. Defaults to {DEFAULT_OUT}.")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras verbosity.")
     p.set_defaults(func=_cmd_run)
-    p = sub.add_parser("list", help="list the recipes")
+    p = sub.add_parser("list", help="list the recipes and the methods")
     p.set_defaults(func=_cmd_list)
 
 
 def _cmd_run(args) -> int:
-    import recipes
+    from keras_mcv import data as data_lib
     from keras_mcv import experiment
 
     try:
-        config = recipes.get_recipe(args.recipe).get_config()
+        config = _load_recipe(args.recipe)
         method = args.method or config.method
-        experiment.check_method(method, args.alpha)
-        experiment.check_split_options(method, args.trial_every, args.trial_batch_size)
-    except ValueError as e:
+        candidates = _floats(args.candidates, "--candidates") if args.candidates else None
+        options = dict(alpha=args.alpha, trial_every=args.trial_every,
+                       trial_batch_size=args.trial_batch_size, candidates=candidates)
+        experiment.check_run_options(method, args.optimizer, **options)
+        data_path = args.data if args.data is not None else config.data_path
+        data = config.load_data(data_path, args.subset)
+    except (ValueError, data_lib.DataError, FileNotFoundError) as e:
         print(f"keras-mcv run: {e}", file=sys.stderr)
         return 2
     record = experiment.run_method(
-        config, method, alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
-        subset=args.subset, data_path=args.data, patience=args.patience,
-        trial_every=args.trial_every, trial_batch_size=args.trial_batch_size, out_dir=args.out, seed=args.seed, verbose=args.verbose,
-        optimizer=args.optimizer, learning_rate=args.lr,
+        config, method, epochs=args.epochs, batch_size=args.batch_size,
+        patience=args.patience, out_dir=args.out, seed=args.seed, verbose=args.verbose,
+        optimizer=args.optimizer, learning_rate=args.lr, data=data, **options,
     )
     test = record["test"]
     print(
@@ -212,104 +243,45 @@ def _cmd_run(args) -> int:
 
 def _cmd_list(args) -> int:
     import recipes
+    from keras_mcv import methods
 
+    print("recipes:")
+    width = max(len(n) for n in recipes.available())
     for name in recipes.available():
-        print(name)
+        print(f"  {name:<{width}}  {recipes.describe(name)}")
+    print("methods (--method):")
+    width = max(len(n) for n in methods.names())
+    for name in methods.names():
+        print(f"  {name:<{width}}  {methods.get(name).summary}")
     return 0
+
+
+BENCHMARKS = {
+    "step": ("benchmarks.step_bench", "MCV train step on 2m images vs the plain Keras step on m"),
+    "e2e": ("benchmarks.e2e", "time to accuracy: macro-CV grid, every method and anchors"),
+}
+"""`keras-mcv bench NAME ARGS` runs `main(ARGS)` of the module; `ARGS --help` lists its flags."""
 
 
 def _add_bench_parser(sub) -> None:
-    """Add `keras-mcv bench step [...]` (MCV step vs plain step timing, issue #5) to `sub`."""
+    """Add `keras-mcv bench {step,e2e} [...]`: the benchmarks, which live outside the package."""
     p = sub.add_parser(
         "bench",
-        help="performance benchmarks",
-        description="Performance benchmarks, timed in one process and interleaved.",
+        help="performance benchmarks (step, e2e)",
+        description="Performance benchmarks, timed in one process. "
+        + " ".join(f"{name}: {text}." for name, (_, text) in BENCHMARKS.items())
+        + " `keras-mcv bench NAME --help` lists a benchmark's flags.",
     )
-    bench_sub = p.add_subparsers(dest="bench_command", required=True)
-    s = bench_sub.add_parser(
-        "step",
-        help="MCV train step on 2m images vs the plain Keras step on m images",
-        description="Time the plain Keras train step on m images and each MCV model's "
-        "step on 2m images (same gradient batch m), round-robin over configurations, "
-        "median of REPEATS; print each ratio beside its theoretical floor, the trace "
-        "counts and the memory growth per step.",
-    )
-    s.add_argument("--arch", default="cifar_small_cnn,bn_small_cnn",
-                   help="comma-separated architectures (tiny, bn_small_cnn, cifar_small_cnn, "
-                   "svhn_small_cnn, vgg11, resnet18). Defaults to cifar_small_cnn,bn_small_cnn.")
-    s.add_argument("--m", type=int, default=128,
-                   help="gradient batch m (MCV steps see 2m). Defaults to 128.")
-    s.add_argument("--repeats", type=int, default=5,
-                   help="interleaved rounds; figures are medians. Defaults to 5.")
-    s.add_argument("--k", default="4,7",
-                   help="comma-separated candidate counts K. Defaults to 4,7.")
-    s.add_argument("--trial-every", default="1,2,4,8",
-                   help="comma-separated trial_every values. Defaults to 1,2,4,8.")
-    s.add_argument("--levers", default="jit,recompute",
-                   help="comma-separated levers to time as extra rows (jit, recompute) "
-                   "or 'none'. Defaults to jit,recompute.")
-    s.add_argument("--no-extras", action="store_true",
-                   help="skip the Method 2, Voting, Discard, tuned and race rows.")
-    s.add_argument("--steps", type=int, default=4,
-                   help="steps per timed sample (rounded up to a multiple of "
-                   "trial_every). Defaults to 4.")
-    s.add_argument("--seed", type=int, default=0, help="data and weight seed. Defaults to 0.")
-    s.add_argument("--out", default=None, help="also write the rows as JSON to this file.")
-    s.set_defaults(func=_cmd_bench)
-    e = bench_sub.add_parser(
-        "e2e",
-        help="time-to-accuracy: macro-CV grid, every MCV method and fixed-optimizer anchors",
-        description="On one recipe and the same data in one process: the macro-CV grid "
-        "(scaled down by the flags), MCV-discard, MCV-lr-voting, Methods 1-3, the tuned "
-        "MCV mode (with the recipe's optimizer and with Adam), and single "
-        "runs of SGD momentum at the recipe LR, Adam 1e-3 and ScheduleFreeAdamW at its "
-        "defaults. Writes records, a Table 4.5-style table and plots (test accuracy "
-        "against wall time among them) under OUT/RECIPE.",
-    )
-    e.add_argument("--recipe", default="cifar10_small_cnn", help="Defaults to cifar10_small_cnn.")
-    e.add_argument("--subset", type=int, default=4000,
-                   help="training images, stratified. Defaults to 4000.")
-    e.add_argument("--epochs", type=int, default=10, help="epochs of every single run. Defaults to 10.")
-    e.add_argument("--repeats", type=int, default=1, help="macro-CV splits per configuration. Defaults to 1.")
-    e.add_argument("--patience", type=int, default=3, help="macro-CV patience. Defaults to 3.")
-    e.add_argument("--max-epochs", type=int, default=10, help="macro-CV epoch cap. Defaults to 10.")
-    e.add_argument("--data", default=None, help="data path (default: the recipe's).")
-    e.add_argument("--out", default="saved_runs/benchmarks/e2e", help="Defaults to saved_runs/benchmarks/e2e.")
-    e.set_defaults(func=_cmd_bench_e2e)
+    p.add_argument("benchmark", choices=tuple(BENCHMARKS), help="which benchmark")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own flags")
+    p.set_defaults(func=_cmd_bench)
 
 
 def _cmd_bench(args) -> int:
-    """Run `keras-mcv bench step`: time the steps and print the table."""
-    from keras_mcv import bench
+    import importlib
 
-    try:
-        return bench.run_from_args(args)
-    except ValueError as e:
-        print(f"keras-mcv bench {args.bench_command}: {e}", file=sys.stderr)
-        return 2
-
-
-def _cmd_bench_e2e(args) -> int:
-    """Run `keras-mcv bench e2e`: `compare` with the anchors, at a CPU-sized scale."""
-    import recipes
-    from keras_mcv import experiment
-
-    config = recipes.get_recipe(args.recipe).get_config()
-    report = experiment.compare(
-        config, epochs=args.epochs, subset=args.subset, data_path=args.data,
-        macro_settings={"repeats": args.repeats, "patience": args.patience,
-                        "max_epochs": args.max_epochs},
-        anchors=E2E_ANCHORS, out_dir=args.out,
-    )
-    print(report.markdown)
-    for path in report.files:
-        print(f"wrote {path}")
-    return 0
-
-
-E2E_ANCHORS = (("adam", 1e-3), ("schedule_free_adamw", None), ("adam", None, "tuned"))
-"""The extra runs of `keras-mcv bench e2e`: Adam 1e-3, ScheduleFreeAdamW at its
-defaults (baselines) and the tuned MCV mode with Adam."""
+    module = importlib.import_module(BENCHMARKS[args.benchmark][0])
+    return module.main(args.args)
 
 
 def _parse_anchors(text):
@@ -332,7 +304,9 @@ def _parse_anchors(text):
 
 def _add_compare_parser(sub) -> None:
     """Add `keras-mcv compare RECIPE` to `sub`."""
-    from keras_mcv.experiment import METHODS
+    from keras_mcv import methods
+
+    names = methods.names()
 
     p = sub.add_parser(
         "compare",
@@ -341,12 +315,12 @@ def _add_compare_parser(sub) -> None:
         "write their run records under OUT/RECIPE and a Table 4.5-style report.",
     )
     p.add_argument("recipe", metavar="RECIPE")
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help=f"comma-separated methods. Defaults to {','.join(METHODS)}.")
+    p.add_argument("--methods", default=",".join(names),
+                   help=f"comma-separated methods. Defaults to {','.join(names)}.")
     p.add_argument("--alpha", type=float, default=0.5, help="Method 2's alpha. Defaults to 0.5.")
-    p.add_argument("--epochs", type=int, default=None, help="epochs of each method run.")
-    p.add_argument("--batch-size", type=int, default=None, help="gradient batch m.")
-    p.add_argument("--subset", type=int, default=None, help="first N training examples, stratified.")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs of each method run.")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="gradient batch m.")
+    p.add_argument("--subset", type=positive_int, default=None, help="first N training examples, stratified.")
     p.add_argument("--data", default=None, help="data path.")
     p.add_argument("--no-macro", action="store_true", help="skip the macro-CV baseline.")
     p.add_argument("--anchors", default="",
@@ -355,32 +329,29 @@ def _add_compare_parser(sub) -> None:
     p.add_argument("--lrs", default="0.1,0.01,0.001,0.0001", help="macro-CV learning rates.")
     p.add_argument("--decays", default="0.001,0.0005,0.0001",
                    help="macro-CV decays for the best SGD LR; 'none' skips stage 2.")
-    p.add_argument("--repeats", type=int, default=5, help="macro-CV splits per configuration.")
-    p.add_argument("--patience", type=int, default=20, help="macro-CV early-stopping patience.")
-    p.add_argument("--max-epochs", type=int, default=100, help="macro-CV epoch cap.")
+    p.add_argument("--repeats", type=positive_int, default=5, help="macro-CV splits per configuration.")
+    p.add_argument("--patience", type=positive_int, default=20, help="macro-CV early-stopping patience.")
+    p.add_argument("--max-epochs", type=positive_int, default=100, help="macro-CV epoch cap.")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="saved_runs", help="output root. Defaults to saved_runs.")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output root. Defaults to {DEFAULT_OUT}.")
     p.set_defaults(func=_cmd_compare)
 
 
 def _cmd_compare(args) -> int:
-    import recipes
     from keras_mcv import experiment
 
     try:
-        config = recipes.get_recipe(args.recipe).get_config()
+        config = _load_recipe(args.recipe)
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         anchors = _parse_anchors(args.anchors)
         for method in methods:
-            experiment.check_method(method)
+            experiment.check_run_options(method)
         experiment.check_anchors(anchors)
         macro_settings = None
         if not args.no_macro:
             macro_settings = {
-                "learning_rates": tuple(float(v) for v in args.lrs.split(",")),
-                "decays": ()
-                if args.decays.strip().lower() in ("", "none")
-                else tuple(float(v) for v in args.decays.split(",")),
+                "learning_rates": _floats(args.lrs, "--lrs"),
+                "decays": _floats(args.decays, "--decays"),
                 "repeats": args.repeats, "patience": args.patience, "max_epochs": args.max_epochs,
             }
     except ValueError as e:
@@ -417,8 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run `keras-mcv ARGV`; returns the exit status (2 for a usage error, as argparse's)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help, or a usage error already printed
+        return exit_request.code
     return args.func(args) or 0
 
 

@@ -6,10 +6,10 @@ written with tensor ops (`tf.where`), never Python `if` on tensors. Branch-free
 code also keeps `optimizer.apply` out of `tf.cond`/`tf.while_loop`, where
 `tf.distribute` cannot run it.
 
-The decision functions are twins of those in `keras_mcv.policies` and are
+The decision functions are twins of those in `keras_mcv.rules.thesis` and are
 tested against them.
 
-References: thesis chapter 3; `../shared/DESIGN.md`, "The micro cross-validation step".
+References: thesis chapter 3.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def split_batch(data, validation_fraction: float):
 
 
 def as_scores(loss):
-    """A loss with NaN and +-inf replaced by +inf (twin of `policies.as_scores`)."""
+    """A loss with NaN and +-inf replaced by +inf (twin of `rules.thesis.as_scores`)."""
     loss = tf.convert_to_tensor(loss)
     return tf.where(tf.math.is_finite(loss), loss, tf.constant(INF, loss.dtype))
 
@@ -58,14 +58,14 @@ def first_index_of(mask):
     """Index of the first True of a 1-D boolean tensor (its length if none).
 
     `tf.argmin`/`tf.argmax` do not promise which index wins a tie; the pure
-    policies take the first, and so does this.
+    the thesis rules take the first, and so does this.
     """
     k = tf.shape(mask)[0]
     return tf.reduce_min(tf.where(mask, tf.range(k), k))
 
 
 def best_candidate(losses, pre_loss):
-    """Twin of `policies.best_candidate`: lowest loss below `pre_loss`, or -1."""
+    """Twin of `rules.thesis.best_candidate`: lowest loss below `pre_loss`, or -1."""
     scores = as_scores(losses)
     pre = as_scores(tf.cast(pre_loss, scores.dtype))
     lowering = scores < pre
@@ -75,18 +75,18 @@ def best_candidate(losses, pre_loss):
 
 
 def update_votes(history, best_index, ema):
-    """Twin of `policies.update_votes` (an index of -1 is "no vote")."""
+    """Twin of `rules.thesis.update_votes` (an index of -1 is "no vote")."""
     vote = tf.one_hot(best_index, tf.shape(history)[0], dtype=history.dtype)
     return ema * vote + (1.0 - ema) * history
 
 
 def top_candidate(history):
-    """Twin of `policies.top_candidate`: index of the highest history, first on ties."""
+    """Twin of `rules.thesis.top_candidate`: index of the highest history, first on ties."""
     return first_index_of(history >= tf.reduce_max(history))
 
 
 def should_discard(pre_loss, post_loss):
-    """Twin of `policies.should_discard`: the loss went up (non-finite counts as +inf)."""
+    """Twin of `rules.thesis.should_discard`: the loss went up (non-finite counts as +inf)."""
     return as_scores(post_loss) > as_scores(pre_loss)
 
 

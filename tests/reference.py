@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from keras_mcv import policies
+from keras_mcv.rules import thesis as policies
 
 
 def forward(params, x):

@@ -1,6 +1,6 @@
 """Bad input: every case raises a clear error before any training time is spent.
 
-One table, one row per case of issue #6 ("Bad input"). A row builds what a user
+One table, one row per kind of bad input the package must refuse. A row builds what a user
 would pass, checks the error names the problem (`match`) and, for model rows,
 that no training step was traced or run.
 """
@@ -20,7 +20,9 @@ from PIL import Image
 
 import keras_mcv
 import recipes
-from keras_mcv import data, runs
+from keras_mcv import data
+from keras_mcv import records as record_lib
+from keras_mcv import report as report_lib
 
 
 def small_model(cls=keras_mcv.SearchModel, **kwargs):
@@ -75,7 +77,7 @@ def report_with_corrupt_record(tmp_path):
     src = os.path.join(os.path.dirname(__file__), "fixtures", "runs", "digits_small_cnn", "search1.json")
     (tmp_path / "search1.json").write_text(open(src).read())
     (tmp_path / "broken.json").write_text('{"format": "keras_mcv.run/1", "epochs": [')
-    report = runs.build_report(tmp_path)
+    report = report_lib.build_report(tmp_path)
     assert len(report.records) == 1 and "Method 1" in report.markdown
     raise RuntimeError(" | ".join(report.warnings))
 
@@ -99,7 +101,7 @@ CASES = [
     ),
     ("labels of the wrong shape", lambda p: fit_with(y=np.eye(3)[Y]), ValueError, "categorical_crossentropy"),
     ("labels out of range", lambda p: fit_with(y=Y + 1), ValueError, r"outputs 3 classes"),
-    ("unknown recipe", lambda p: recipes.get_recipe("cifar10_smallcnn"), ValueError, "Did you mean 'cifar10_small_cnn'"),
+    ("unknown recipe", lambda p: recipes.get_config("cifar10_smallcnn"), ValueError, "Did you mean 'cifar10_small_cnn'"),
     ("missing --data path", lambda p: data.load_image_folder(p / "nowhere"), data.DataError, "nowhere"),
     (
         "unreadable zip",
@@ -147,9 +149,9 @@ def test_killed_run_leaves_an_incomplete_record(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    record = runs.read_record(record_path)
+    record = record_lib.read_record(record_path)
     assert record["status"] == "running"
     assert len(record["epochs"]) >= 2
     assert not [f for f in os.listdir(record_path.parent) if f.endswith(".tmp")]
-    report = runs.build_report(out)
+    report = report_lib.build_report(out)
     assert "(incomplete)" in report.markdown

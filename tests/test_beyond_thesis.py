@@ -1,11 +1,11 @@
-"""The beyond-the-thesis search options (ISSUE #7): exact rules and one end-to-end check."""
+"""The beyond-the-thesis search options of `SearchModel`: exact rules and one end-to-end check."""
 
 import math
 
 import numpy as np
 import pytest
 
-from keras_mcv import selection
+from keras_mcv.rules import search_options as selection
 
 
 def _sums(losses):
@@ -251,7 +251,7 @@ def test_bad_options_raise(kwargs, match):
 
 
 def test_digits_mlp_sgd_momentum_does_not_diverge():
-    """ISSUE #7: the thesis's Method 1 grows the LR without bound with SGD
+    """The thesis's Method 1 grows the LR without bound with SGD
     momentum 0.9 on a digits MLP; update trials keep it in a sane range."""
     from keras_mcv import data
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from keras_mcv import data as data_lib
+from keras_mcv.data import image_folders
 from keras_mcv.data import ArrayData, DataError
 
 REAL_CIFAR10_ZIP = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.zip"
@@ -85,7 +86,7 @@ def forbid_decoding(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("an image was decoded")
 
-    monkeypatch.setattr(data_lib, "_decode_image", fail)
+    monkeypatch.setattr(image_folders, "_decode_image", fail)
 
 
 # ---------------------------------------------------------------- image folders

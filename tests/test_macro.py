@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 from keras_mcv import data as data_lib
-from keras_mcv import macro, runs
+from keras_mcv import macro, optimizers
+from keras_mcv import records as record_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -168,15 +169,15 @@ def test_retrain_epochs_rounds_half_up():
 
 
 def test_make_optimizer_decay_is_inverse_time():
-    opt = macro.make_optimizer("sgd", 0.1, 1e-3)
+    opt = optimizers.make_optimizer("sgd", 0.1, decay=1e-3)
     assert isinstance(opt, keras.optimizers.SGD) and opt.momentum == 0.9
     for step in (0, 1, 10, 1000):
         opt.iterations.assign(step)
         assert float(opt.learning_rate) == pytest.approx(0.1 / (1 + 1e-3 * step))
-    constant = macro.make_optimizer("sgd", 0.1)
+    constant = optimizers.make_optimizer("sgd", 0.1)
     constant.iterations.assign(1000)
     assert float(constant.learning_rate) == pytest.approx(0.1)
-    assert isinstance(macro.make_optimizer("adam", 1e-3), keras.optimizers.Adam)
+    assert isinstance(optimizers.make_optimizer("adam", 1e-3), keras.optimizers.Adam)
 
 
 @pytest.mark.parametrize(
@@ -349,7 +350,7 @@ def test_winner_is_lowest_mean_validation_loss(single, tmp_path):
     assert len(table) == 1 + len(result.rows)  # header + one line per row
     assert "**" in md and "Winner:" in md and "Total wall time" in md
     path = result.save(tmp_path, recipe="digits_test")
-    record = runs.read_record(path)
+    record = record_lib.read_record(path)
     assert record["kind"] == "macro" and record["status"] == "complete"
     assert len(record["rows"]) == len(result.rows)
     assert record["rows"][record["winner"]]["best_val_loss"] == pytest.approx(best)
@@ -383,7 +384,7 @@ def test_all_diverged_gives_no_winner_and_no_stage_two(job, digits, tmp_path):
     )
     assert [r.status for r in result.rows] == ["diverged", "diverged"]
     assert result.winner is None
-    assert runs.read_record(result.save(tmp_path))["winner"] is None
+    assert record_lib.read_record(result.save(tmp_path))["winner"] is None
 
 
 # ----------------------------------------------------------------- processes
@@ -457,7 +458,7 @@ def test_distributed_chief_and_two_workers_match_single_process(job, single, tmp
     assert sorted(ends.values()) == [1] * 5
     assert {e["tuner_id"] for e in events} <= {"tuner0", "tuner1"}
 
-    record = runs.read_record(tmp_path / "out" / macro.RECORD_NAME)
+    record = record_lib.read_record(tmp_path / "out" / macro.RECORD_NAME)
     reference = single["result"]
     got = {(r["optimizer"], r["lr"], r["decay"]): r for r in record["rows"]}
     assert list(got) == [r.config for r in reference.rows]  # same rows, same order
@@ -484,7 +485,7 @@ def test_distributed_chief_and_two_workers_match_single_process(job, single, tmp
     finally:
         if chief.poll() is None:
             chief.kill()
-    again = runs.read_record(tmp_path / "out" / macro.RECORD_NAME)
+    again = record_lib.read_record(tmp_path / "out" / macro.RECORD_NAME)
     assert again["rows"] == record["rows"]
 
 
@@ -555,7 +556,7 @@ def fake_recipes(job, digits, monkeypatch):
     """A stand-in `recipes` registry with one digits recipe (contract of recipes/)."""
     import types
 
-    from keras_mcv.experiment import RecipeConfig
+    from recipes.config import RecipeConfig
 
     calls = []
 
@@ -567,12 +568,12 @@ def fake_recipes(job, digits, monkeypatch):
                           build_model=job.build, batch_size=64)
     module = types.ModuleType("recipes")
 
-    def get_recipe(name):
+    def get_config(name):
         if name != "fake_digits":
             raise KeyError(f"no recipe {name!r}")
-        return types.SimpleNamespace(get_config=lambda: config)
+        return config
 
-    module.get_recipe = get_recipe
+    module.get_config = get_config
     monkeypatch.setitem(sys.modules, "recipes", module)
     return calls
 
@@ -589,7 +590,7 @@ def test_cli_tune_runs_and_writes_record(fake_recipes, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert fake_recipes == [("somewhere", 500)]
-    record = runs.read_record(out / macro.RECORD_NAME)
+    record = record_lib.read_record(out / macro.RECORD_NAME)
     assert record["recipe"] == "fake_digits" and len(record["rows"]) == 2
     assert record["config"]["batch_size"] == 64  # the recipe's
     assert "| Momentum SGD | 0.1 |" in printed and "winner:" in printed

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_mcv
-from keras_mcv import policies
+from keras_mcv.rules import thesis as policies
 from tests import reference
 
 N, D, C, BATCH = 160, 5, 3, 16  # 10 steps per epoch
@@ -460,7 +460,7 @@ def test_bad_ema_and_batch_size():
     assert model.trace_count == 0
 
 
-# ------------------------------------------------- trial_batch_size (ISSUE #5)
+# ------------------------------------------------- trial_batch_size
 
 
 @pytest.mark.parametrize("family", ["discard", "voting", "search"])

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from keras_mcv import policies
+from keras_mcv.rules import thesis as policies
 
 INF, NAN = math.inf, math.nan
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from keras_mcv import race
+from keras_mcv.rules import race
 
 
 def test_round_lengths_double():

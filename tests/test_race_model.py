@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_mcv
-from keras_mcv import race_model
+from keras_mcv.models import race as race_model
 from tests import reference
 from tests.test_models import BATCH, assert_close, build, make_data, ref_setup
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import recipes
-from keras_mcv import data, experiment
+from keras_mcv import data, experiment, methods, optimizers
 from keras_mcv.cli import main
 
 SHAPES = {"digits": (8, 8, 1), "cifar10": (32, 32, 3), "svhn": (32, 32, 3), "adience": (32, 32, 3)}
@@ -22,7 +22,7 @@ def tiny_data(name, classes):
 
 @pytest.mark.parametrize("name", recipes.available())
 def test_every_recipe_one_step(name, tmp_path):
-    config = recipes.get_recipe(name).get_config()
+    config = recipes.get_config(name)
     assert config.name == name
     classes = 8 if name.startswith("adience") else 10
     record = experiment.run_method(
@@ -37,11 +37,11 @@ def test_every_recipe_one_step(name, tmp_path):
 
 def test_unknown_recipe_suggests_the_closest():
     with pytest.raises(ValueError, match="Did you mean 'digits_small_cnn'"):
-        recipes.get_recipe("digit_small_cnn")
+        recipes.get_config("digit_small_cnn")
     assert main(["run", "cifar10_smal_cnn"]) == 2
 
 
-@pytest.mark.parametrize("method", experiment.METHODS)
+@pytest.mark.parametrize("method", methods.names())
 def test_digits_job_with_every_method(method, tmp_path, capsys):
     args = ["run", "digits_small_cnn", "--method", method, "--epochs", "2", "--subset", "400",
             "--out", str(tmp_path), "--verbose", "0"]
@@ -79,21 +79,31 @@ def test_digits_job_with_every_method(method, tmp_path, capsys):
         assert record["epochs"][1]["lr"] == first["next_lr"]
 
 
-def test_bad_method_arguments():
-    with pytest.raises(ValueError, match="alpha applies to search2"):
-        experiment.check_method("search1", 0.5)
+def test_bad_method_arguments(capsys):
+    with pytest.raises(ValueError, match="--alpha does not apply to method 'search1'"):
+        experiment.check_run_options("search1", alpha=0.5)
     with pytest.raises(ValueError, match="Did you mean 'search1'"):
-        experiment.check_method("serch1")
-    config = recipes.get_recipe("digits_small_cnn").get_config()
-    with pytest.raises(ValueError, match="baseline runs no trials"):
+        experiment.check_run_options("serch1")
+    with pytest.raises(ValueError, match="Unknown optimizer 'adamm'"):
+        experiment.check_run_options("search1", "adamm")
+    config = recipes.get_config("digits_small_cnn")
+    with pytest.raises(ValueError, match="--trial-batch-size does not apply to method 'baseline'"):
         experiment.run_method(config, "baseline", trial_batch_size=8)
-    with pytest.raises(ValueError, match="trial_batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="--trial-batch-size must be an integer >= 1"):
         experiment.run_method(config, "tuned", trial_batch_size=0)
-    with pytest.raises(ValueError, match="race trains and judges every branch on whole batches"):
+    with pytest.raises(ValueError, match="--trial-every does not apply to method 'race'"):
         experiment.run_method(config, "race", trial_every=2)
-    with pytest.raises(ValueError, match="race trains and judges"):
+    with pytest.raises(ValueError, match="--trial-batch-size does not apply to method 'race'"):
         experiment.run_method(config, "race", trial_batch_size=8)
     assert main(["run", "digits_small_cnn", "--method", "race", "--trial-every", "2"]) == 2
+    capsys.readouterr()
+    # Argument errors are one line and exit status 2, never a traceback.
+    for flags in (["--epochs", "-1"], ["--epochs", "0"], ["--batch-size", "0"]):
+        assert main(["run", "digits_small_cnn", *flags]) == 2
+        assert "must be an integer >= 1" in capsys.readouterr().err
+    # digits ships with scikit-learn: a --data path is refused, not ignored.
+    assert main(["run", "digits_small_cnn", "--data", "/no/such/place"]) == 2
+    assert "does not apply" in capsys.readouterr().err
 
 
 def test_compare_with_anchors_and_report(tmp_path, capsys):
@@ -126,7 +136,7 @@ def test_parse_anchors():
 
 def test_build_optimizer_keeps_schedule_free_adamw_weights():
     """Keras 3.15's ScheduleFreeAdamW, built lazily by `fit`, zeroes the weights on
-    its first step; built by `experiment.build_optimizer`, a step at LR 0 leaves
+    its first step; built by `optimizers.build_optimizer`, a step at LR 0 leaves
     them where they were."""
     import keras
     import numpy as np
@@ -137,7 +147,7 @@ def test_build_optimizer_keeps_schedule_free_adamw_weights():
     keras.utils.set_random_seed(0)
     net = keras.Sequential([keras.Input((10,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
     net.compile(optimizer=keras.optimizers.ScheduleFreeAdamW(0.0), loss="mse")
-    experiment.build_optimizer(net)
+    optimizers.build_optimizer(net)
     before = [v.numpy().copy() for v in net.trainable_variables]
     net.fit(x, y, batch_size=64, epochs=1, verbose=0)
     for a, b in zip(before, net.trainable_variables):

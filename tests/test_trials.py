@@ -1,4 +1,4 @@
-"""The in-graph twins of the decision rules agree with `policies`, and the split is right."""
+"""The in-graph twins of the decision rules agree with `keras_mcv.rules.thesis`, and the split is right."""
 
 import math
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_mcv import policies, trials
+from keras_mcv import trials
+from keras_mcv.rules import thesis as policies
 
 INF, NAN = math.inf, math.nan
 

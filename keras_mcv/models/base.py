@@ -1,0 +1,399 @@
+"""The base of every model that chooses its learning rate while it trains.
+
+`LRModel` is a `keras.Model` with what every such model shares, whatever its
+algorithm: construction from inputs and outputs or by wrapping a model
+(`wrap`), state variables saved with the model (`mcv_*`), a per-epoch decision
+log (`mcv_history`), one compiled function per kind of step chosen in Python
+(`make_train_function`), the gradient/apply/metrics parts of a Keras train
+step, operation counters (thesis Table 4.1) and the input checks run before
+training. The batch-splitting models of the thesis build on it in
+`keras_mcv.models.split`; the learning-rate race in `keras_mcv.models.race`.
+
+References: thesis chapter 3.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+MCV_METRIC_NAMES = ("lr", "mcv_val_loss", "discard_rate", "nonfinite_steps")
+"""Logs of the training step that are not the network's metrics (kept out of `evaluate`)."""
+
+
+class _Runtime:
+    """Per-instance Python state kept out of Keras/TF attribute tracking.
+
+    Keras and TensorFlow wrap lists and dicts assigned to a layer; this plain
+    holder keeps compiled functions, snapshots and the epoch log as they are.
+    """
+
+    def __init__(self):
+        self.functions = {}
+        self.mode = ("trial",)
+        # None: read from the `mcv_ops` counter at the first step of a `fit`,
+        # so a run resumed from a backup continues the `trial_every` pattern.
+        self.steps = None
+        self.traces = 0
+        self.state_snapshot = None
+        self.step_snapshot = None
+        self.history = []
+
+
+
+class LRModel(keras.Model):
+    """Base class of the models that choose or judge the learning rate in `fit`.
+
+    Build it like a functional `keras.Model` (`Model(inputs, outputs, ...)`) or
+    wrap an existing model with `wrap`. Subclasses implement `_mcv_build`
+    (pre-allocated state, made once outside `tf.function`), `_next_mode`
+    (which compiled step runs next) and `train_step`.
+
+    Class attributes:
+        method_name: the algorithm's short name.
+        chooses_lr: True when the model sets the optimizer's learning rate
+            itself; such models refuse an optimizer whose learning rate is a
+            schedule, before training.
+
+    References: thesis chapter 3.
+    """
+
+    method_name = None
+    chooses_lr = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._mcv = _Runtime()
+        self._mcv_state = []
+        self.mcv_ops = self._state_weight("mcv_ops", (3,), "int64", "zeros")
+        self.lr_tracker = keras.metrics.Mean(name="lr")
+        self.mcv_val_loss_tracker = keras.metrics.Mean(name="mcv_val_loss")
+
+    # ------------------------------------------------------------------ build
+
+    @classmethod
+    def wrap(cls, model: keras.Model, *, input_shape=None, name=None, **kwargs):
+        """An MCV model that shares the layers (and weights) of `model`.
+
+        Works for Functional and Sequential models with known inputs, and for
+        subclassed models given `input_shape` (the shape without the batch axis).
+
+        Args:
+            model: the model to train with MCV.
+            input_shape: needed only when `model` has no defined inputs.
+            name: the new model's name. Defaults to `model.name`.
+            **kwargs: the MCV arguments of `cls`.
+        """
+        try:
+            inputs, outputs = model.inputs, model.outputs
+        except (AttributeError, ValueError):
+            inputs = outputs = None
+        if inputs and outputs:
+            # A one-element list would make the new model's output a list.
+            inputs = inputs[0] if len(inputs) == 1 else inputs
+            outputs = outputs[0] if len(outputs) == 1 else outputs
+        else:
+            if input_shape is None:
+                raise ValueError(
+                    f"Cannot wrap {type(model).__name__} {model.name!r}: it has no "
+                    "defined inputs. Pass `input_shape=` (without the batch axis), "
+                    "e.g. `wrap(model, input_shape=(32, 32, 3))`."
+                )
+            inputs = keras.Input(shape=tuple(input_shape))
+            outputs = model(inputs)
+        return cls(inputs, outputs, name=name or model.name, **kwargs)
+
+    def _state_weight(self, name, shape, dtype, initializer):
+        """A non-trainable variable of MCV state, saved with the model's weights.
+
+        `only_first_replica`: every replica computes the same value (decisions
+        use losses reduced across replicas), so one copy is authoritative.
+        """
+        v = self.add_weight(
+            name=name,
+            shape=shape,
+            dtype=dtype,
+            initializer=initializer,
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+        self._mcv_state.append(v)
+        return v
+
+    @property
+    def mcv_state_variables(self) -> list:
+        """The variables of MCV state (LR, candidates, votes, accumulators, counters)."""
+        return list(self._mcv_state)
+
+    def network_variables(self) -> list:
+        """Every model variable that is not MCV state (weights, BN statistics, seeds)."""
+        state = {id(v) for v in self._mcv_state}
+        return [v for v in self.variables if id(v) not in state]
+
+    @property
+    def mcv_history(self) -> list:
+        """One dict per finished epoch: candidates, their average losses, chosen LR."""
+        return self._mcv.history
+
+    @property
+    def trace_count(self) -> int:
+        """How many times `train_step` has been traced (each trace runs its Python once)."""
+        return self._mcv.traces
+
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        self._check_optimizer()
+
+    def compile_from_config(self, config):
+        # Keras skips compiling a loaded model whose class overrides `compile`;
+        # ours only adds a check, so compile as Keras would.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)
+
+    def _check_optimizer(self):
+        """Refuse what cannot work before any training time is spent."""
+        if self.chooses_lr and getattr(self, "optimizer", None) is not None and self._uses_schedule():
+            raise ValueError(
+                f"{type(self).__name__} chooses the learning rate itself, so the "
+                "optimizer's learning_rate must be a plain number, not a schedule. "
+                "Pass e.g. "
+                "`keras.optimizers.SGD(momentum=0.9)`, or use DiscardModel to keep "
+                "a schedule."
+            )
+
+    def _uses_schedule(self) -> bool:
+        # A plain learning rate is a variable; a schedule (or callable) is
+        # evaluated by the `learning_rate` property into a tensor.
+        return not isinstance(self.optimizer.learning_rate, keras.Variable)
+
+    def _mcv_build(self):
+        """Create the model's pre-allocated state once, outside `tf.function`."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- dispatch
+
+    def make_train_function(self, force=False):
+        """One compiled function per step kind, chosen per step in Python.
+
+        Different kinds of step (with trials and without, racing and plain)
+        are different graphs; choosing between them in Python rather than with
+        `tf.cond` keeps `optimizer.apply` out of control flow and each graph
+        traced once.
+        """
+        if self.train_function is not None and not force:
+            return self.train_function
+        self._check_optimizer()
+        self._mcv_build()
+        runtime = self._mcv
+        runtime.functions = {}
+
+        def function_for(mode):
+            if mode not in runtime.functions:
+                runtime.mode = mode
+                super(LRModel, self).make_train_function(force=True)
+                runtime.functions[mode] = self.train_function
+                self.train_function = dispatch
+            return runtime.functions[mode]
+
+        def dispatch(iterator):
+            mode = self._next_mode()
+            fn = function_for(mode)
+            runtime.mode = mode  # read by train_step if this call traces
+            logs = fn(iterator)
+            self._after_call(mode)
+            return logs
+
+        self.train_function = dispatch
+        return dispatch
+
+    def _next_mode(self) -> tuple:
+        """The kind of the next step, a tuple whose first item names it."""
+        raise NotImplementedError
+
+    def _after_call(self, mode) -> None:
+        """Python work after a step has run (eagerly, between steps). Default: none."""
+
+    # ----------------------------------------------------------------- step
+
+    def _gradient(self, batch, weight=None):
+        """Loss, predictions and gradients on `batch`; `weight` scales the loss differentiated."""
+        x, y, sample_weight = batch
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+            weighted = loss if weight is None else loss * tf.cast(weight, loss.dtype)
+            scaled = self.optimizer.scale_loss(weighted)
+        grads = tape.gradient(scaled, self.trainable_variables)
+        return loss, y_pred, grads
+
+    def _apply(self, grads, lr=None):
+        """Apply `grads` with the optimizer, at `lr` if given; returns the LR used."""
+        if lr is not None:
+            self.optimizer.learning_rate.assign(tf.cast(lr, self.optimizer.learning_rate.dtype))
+        used = tf.identity(tf.cast(self.optimizer.learning_rate, tf.float32))
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return used
+
+    def _update_metrics(self, train, loss, y_pred, outcome, has_val):
+        x, y, sample_weight = train
+        loss_tracker = next(m for m in self.metrics if m.name == "loss")
+        # `loss` is already the global training-half loss; weighting each
+        # replica's update by its shard size keeps the epoch mean exact.
+        loss_tracker.update_state(loss, sample_weight=batch_size_of(train))
+        self.lr_tracker.update_state(outcome["lr"])
+        weight = tf.cast(has_val, tf.float32)
+        if outcome["pre_loss"] is not None:
+            self.mcv_val_loss_tracker.update_state(outcome["pre_loss"], sample_weight=weight)
+        if outcome["discarded"] is not None and hasattr(self, "discard_tracker"):
+            self.discard_tracker.update_state(
+                tf.cast(outcome["discarded"], tf.float32), sample_weight=weight
+            )
+        if outcome.get("nonfinite") is not None and hasattr(self, "nonfinite_tracker"):
+            # Each replica adds its share: a Sum metric adds up the replicas' updates.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            self.nonfinite_tracker.update_state(
+                tf.cast(outcome["nonfinite"], tf.float32) / replicas
+            )
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def test_step(self, data):
+        logs = super().test_step(data)
+        return {k: v for k, v in logs.items() if k not in MCV_METRIC_NAMES}
+
+    # ---------------------------------------------------------------- fit
+
+    def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
+        self._check_batch_size(x, batch_size)
+        if y is not None and len(self.outputs) == 1:
+            check_labels(y, getattr(self, "loss", None), tuple(self.outputs[0].shape))
+        self._mcv.steps = None
+        if kwargs.get("callbacks"):
+            kwargs["callbacks"] = _with_backup_dirs(list(kwargs["callbacks"]))
+        return super().fit(x, y, batch_size, *args, **kwargs)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Private Keras hook, overridden because it is unavoidable: Keras 3.15
+        # reduces the first distributed batch across replicas only to read its
+        # shapes, and under MultiWorkerMirroredStrategy that reduce fails
+        # ("Attempt to convert a value (PerReplica...)"), for any Keras model.
+        # Shapes and dtypes are all the symbolic build needs, so hand it this
+        # replica's part of the batch instead.
+        if iterator is not None and data_batch is None and self._distribute_strategy is not None:
+            strategy = self.distribute_strategy
+
+            def local(v):
+                if isinstance(v, tf.distribute.DistributedValues):
+                    return strategy.experimental_local_results(v)[0]
+                return v
+
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(local, next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _check_batch_size(self, x, batch_size):
+        """Refuse a batch size the algorithm cannot use. Default: any."""
+        return None
+
+    def ops_counts(self) -> dict:
+        """Forward, backward and step operations run so far (in-graph counters)."""
+        f, b, s = (int(v) for v in np.asarray(self.mcv_ops.numpy()))
+        return {"forward": f, "backward": b, "step": s}
+
+
+def selection_first(callbacks) -> list:
+    """`callbacks` with an `EpochLRSelection` (added if missing) before the others.
+
+    The selection must run before a backup is written at epoch end, so the
+    backup holds the next epoch's LR and reset accumulators.
+    """
+    from keras_mcv.callbacks import EpochLRSelection
+
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, EpochLRSelection) for c in callbacks):
+        callbacks.insert(0, EpochLRSelection())
+    selection = [c for c in callbacks if isinstance(c, EpochLRSelection)]
+    return selection + [c for c in callbacks if not isinstance(c, EpochLRSelection)]
+
+
+def _loss_name(loss) -> str:
+    if isinstance(loss, str):
+        return loss
+    if isinstance(loss, keras.losses.Loss):
+        return getattr(loss, "fn", None).__name__ if hasattr(loss, "fn") else type(loss).__name__
+    return getattr(loss, "__name__", "")
+
+
+def check_labels(y, loss, output_shape) -> None:
+    """Raise before training when labels cannot fit the loss and the model's output.
+
+    Checked for array labels and the crossentropy losses: sparse labels must be
+    integers in [0, classes) of shape (n,) or (n, 1); one-hot labels must have
+    the output's shape; binary labels must lie in [0, 1].
+    """
+    if isinstance(y, tf.data.Dataset) or loss is None:
+        return
+    try:
+        labels = np.asarray(y)
+    except (TypeError, ValueError):
+        return
+    if labels.dtype == object or labels.size == 0:
+        return
+    name = _loss_name(loss).lower().replace("_", "")
+    classes = output_shape[-1]
+    if name == "sparsecategoricalcrossentropy":
+        if labels.ndim > 2 or (labels.ndim == 2 and labels.shape[1] != 1):
+            raise ValueError(
+                f"Labels of shape {labels.shape} do not fit sparse_categorical_crossentropy, "
+                "which takes one integer class per example, shape (n,). For one-hot labels "
+                "use loss='categorical_crossentropy'."
+            )
+        if not np.all(np.equal(np.mod(labels, 1), 0)):
+            raise ValueError("sparse_categorical_crossentropy needs integer class labels; "
+                             f"got non-integer values such as {labels[np.mod(labels, 1) != 0][0]!r}.")
+        low, high = labels.min(), labels.max()
+        if classes is not None and (low < 0 or high >= classes):
+            raise ValueError(
+                f"Labels range over [{low}, {high}] but the model outputs {classes} classes "
+                f"(valid labels 0..{classes - 1}). Fix the labels or the output layer's units."
+            )
+    elif name == "categoricalcrossentropy":
+        if tuple(labels.shape[1:]) != tuple(output_shape[1:]):
+            raise ValueError(
+                f"One-hot labels of shape {labels.shape} do not fit the model's output "
+                f"{output_shape}. For integer labels use loss='sparse_categorical_crossentropy'."
+            )
+    elif name == "binarycrossentropy":
+        if labels.min() < 0 or labels.max() > 1:
+            raise ValueError(
+                f"binary_crossentropy needs labels in [0, 1]; got [{labels.min()}, {labels.max()}]."
+            )
+
+
+def batch_size_of(batch):
+    """Number of examples in a (possibly empty) batch structure."""
+    flat = [t for t in tf.nest.flatten(batch) if t is not None]
+    return tf.shape(flat[0])[0]
+
+
+def _with_backup_dirs(callbacks):
+    """Give MCV callbacks the directory of a `keras.callbacks.BackupAndRestore`.
+
+    Keras's backup holds the model's variables, MCV state included, but not
+    the Python state of callbacks (the stopping rule's losses and best weights,
+    the epoch summaries of `mcv_history`); those callbacks keep it in a file
+    in the same directory, which Keras deletes with its own backup at the end.
+    """
+    from keras_mcv.callbacks import EpochLRSelection, MCVStopping
+
+    backups = [c for c in callbacks if isinstance(c, keras.callbacks.BackupAndRestore)]
+    if backups:
+        for c in callbacks:
+            if isinstance(c, (EpochLRSelection, MCVStopping)) and c.backup_dir is None:
+                c.backup_dir = backups[0].backup_dir
+    return callbacks
