@@ -229,3 +229,59 @@ def race(params, opt, epochs, candidates, kind):
         yield "epoch", summary
         if len(branches) == 1:
             current, lr = branches[0], lrs[0]
+
+
+class TorchSGD:
+    """PyTorch's SGD update rule (`torch.optim.SGD`), with the interface of `Optimizer`.
+
+    ```
+    g   = grad + weight_decay * p
+    buf = g  (first step),  momentum * buf + (1 - dampening) * g  (later steps)
+    d   = g + momentum * buf if nesterov else buf     (d = g when momentum == 0)
+    p   = p - lr * d
+    ```
+    `weight_decay` is one number or one per parameter array. The state is laid
+    out as `Optimizer`'s: ([buffers], iterations).
+    """
+
+    def __init__(self, params, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
+        self.momentum, self.dampening, self.nesterov = momentum, dampening, nesterov
+        if np.ndim(weight_decay) == 0:
+            weight_decay = [weight_decay] * len(params)
+        self.weight_decay = list(weight_decay)
+        self.slots = [[np.zeros_like(p) for p in params]]
+        self.iterations = 0
+
+    def state(self):
+        return ([[s.copy() for s in group] for group in self.slots], self.iterations)
+
+    def set_state(self, state):
+        self.slots = [[s.copy() for s in group] for group in state[0]]
+        self.iterations = state[1]
+
+    def apply(self, params, grads, lr):
+        new = []
+        for i, (p, g) in enumerate(zip(params, grads)):
+            g = g + self.weight_decay[i] * p
+            if self.momentum != 0:
+                if self.iterations == 0:
+                    buf = g
+                else:
+                    buf = self.momentum * self.slots[0][i] + (1 - self.dampening) * g
+                self.slots[0][i] = buf
+                g = g + self.momentum * buf if self.nesterov else buf
+            new.append(p - lr * g)
+        self.iterations += 1
+        return new
+
+
+def torch_sgd(params, batches, lrs, kind, **hyper):
+    """PyTorch's SGD on the one-layer model: one batch and one learning rate per step.
+
+    `hyper` goes to `TorchSGD` (momentum, dampening, nesterov, weight_decay).
+    Yields (params, buffers) after every step.
+    """
+    opt = TorchSGD(params, **hyper)
+    for (x, y), lr in zip(batches, lrs):
+        params = opt.apply(params, grad_fn(params, x, y, kind), lr)
+        yield params, [b.copy() for b in opt.slots[0]]
