@@ -342,17 +342,11 @@ def _check_model(model):
             "learning_rate must be a plain number, not a LearningRateSchedule. "
             "Compile with e.g. keras.optimizers.SGD(learning_rate=0.01)."
         )
-    from keras_mcv import models as mcv_models
+    from keras_mcv.models.base import LRModel
 
     # These models run their own step (trials, discards, chosen LRs), so a
-    # sweep would not measure plain training at each LR; getattr because the
-    # base classes differ across versions of the package.
-    own_lr = tuple(
-        cls for cls in (getattr(mcv_models, name, None)
-                        for name in ("LRModel", "MCVModel", "RaceModel"))
-        if isinstance(cls, type)
-    )
-    if own_lr and isinstance(model, own_lr):
+    # sweep would not measure plain training at each LR.
+    if isinstance(model, LRModel):
         raise ValueError(
             f"{type(model).__name__} trains with its own micro cross-validation step "
             "(trials, discards, its own learning rates), which a sweep cannot measure. "
