@@ -18,6 +18,13 @@ _EXPORTS = {
     "cost": "keras_mcv.cost",
     "methods": "keras_mcv.methods",
     "optimizers": "keras_mcv.optimizers",
+    "practice": "keras_mcv.practice",
+    "schedules": "keras_mcv.schedules",
+    # the LR range test
+    "LRFindResult": "keras_mcv.range_test",
+    "lr_find": "keras_mcv.range_test",
+    # optimizers
+    "TorchSGD": "keras_mcv.optimizers",
     # models
     "DiscardModel": "keras_mcv.models",
     "LRModel": "keras_mcv.models",
@@ -33,6 +40,11 @@ if TYPE_CHECKING:
     from keras_mcv import cost
     from keras_mcv import methods
     from keras_mcv import optimizers
+    from keras_mcv import practice
+    from keras_mcv import schedules
+    from keras_mcv.optimizers import TorchSGD
+    from keras_mcv.range_test import LRFindResult
+    from keras_mcv.range_test import lr_find
     from keras_mcv.models import TUNED_OPTIONS
     from keras_mcv.models import DiscardModel
     from keras_mcv.models import LRModel

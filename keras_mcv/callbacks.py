@@ -1,6 +1,9 @@
-"""Keras callbacks of micro cross-validation: epoch-end LR selection, stopping, recording.
+"""Keras callbacks: epoch-end LR selection, MCV stopping, run recording, schedules, monitors.
 
-`default(patience=20)` is the set a user passes to `fit`.
+`default(patience=20)` is the set a user passes to `fit` with the thesis's
+models. `SequenceUpdate` (decay sequences by update strategy) and
+`TrainingMonitor` (update:weight ratios, dead ReLUs, histograms) live in their
+own modules and are re-exported here.
 
 References: thesis section 3.2 (selection and stopping rules of Algorithm 8).
 """
@@ -17,6 +20,8 @@ import keras
 import numpy as np
 
 from keras_mcv import records
+from keras_mcv.sequence_update import SequenceUpdate  # noqa: F401 (re-export)
+from keras_mcv.training_monitor import TrainingMonitor  # noqa: F401 (re-export)
 from keras_mcv.rules import thesis as thesis_rules
 
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 from sklearn.datasets import load_digits
 
 import keras_mcv
-from keras_mcv.lr_find import (
+from keras_mcv.range_test import (
     SHUFFLE_SEED,
     LRFindResult,
     clr_bounds,
