@@ -285,3 +285,57 @@ def torch_sgd(params, batches, lrs, kind, **hyper):
     for (x, y), lr in zip(batches, lrs):
         params = opt.apply(params, grad_fn(params, x, y, kind), lr)
         yield params, [b.copy() for b in opt.slots[0]]
+
+
+class ScheduleFree:
+    """Keras 3.15's `ScheduleFreeAdamW` step, with the averaged point x kept explicitly.
+
+    ```
+    t += 1;  lr_t = lr * min(t / warmup_steps, 1)  (lr without warm-up)
+    v = v + (g^2 - v) (1 - beta_2)
+    z = z - lr_t g / (sqrt(v / (1 - beta_2^t)) + eps)
+    x = (1 - 1/t) x + (1/t) z                      (x_0 = z_0 = w_0)
+    y = (1 - beta_1) z + beta_1 x                  (the weights Keras trains)
+    ```
+    Keras recovers x from y and z instead of storing it; this keeps it, as
+    the authors' Algorithm 1 does, so the two forms can be compared.
+    `keras_read_order=True` reproduces `keras.optimizers.ScheduleFreeAdamW` as
+    Keras 3.15 runs it: it recovers x from y and the *stepped* z, so before
+    the averaging x takes `x + (1 - beta_1) / beta_1 (z_old - z_new)`.
+    """
+
+    def __init__(self, params, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8, warmup_steps=0,
+                 keras_read_order=False):
+        self.keras_read_order = keras_read_order
+        self.lr, self.beta_1, self.beta_2, self.epsilon = lr, beta_1, beta_2, epsilon
+        self.warmup_steps = warmup_steps
+        self.z = [p.copy() for p in params]
+        self.x = [p.copy() for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+        self.t = 0
+
+    def apply(self, params, grads):
+        """One step from the interpolated point `params` (= y); returns the new y."""
+        self.t += 1
+        t = self.t
+        lr = self.lr * (min(t / self.warmup_steps, 1.0) if self.warmup_steps else 1.0)
+        new = []
+        for i, g in enumerate(grads):
+            self.v[i] = self.v[i] + (g * g - self.v[i]) * (1 - self.beta_2)
+            denom = np.sqrt(self.v[i] / (1 - self.beta_2**t)) + self.epsilon
+            z_old = self.z[i]
+            self.z[i] = z_old - lr * g / denom
+            if self.keras_read_order:
+                self.x[i] = self.x[i] + (1 - self.beta_1) / self.beta_1 * (z_old - self.z[i])
+            self.x[i] = (1 - 1 / t) * self.x[i] + (1 / t) * self.z[i]
+            new.append((1 - self.beta_1) * self.z[i] + self.beta_1 * self.x[i])
+        return new
+
+
+def schedule_free(params, batches, lr, kind, **hyper):
+    """ScheduleFreeAdamW on the one-layer model; yields (y, x, z) after every step."""
+    opt = ScheduleFree(params, lr, **hyper)
+    y = [p.copy() for p in params]
+    for xb, yb in batches:
+        y = opt.apply(y, grad_fn(y, xb, yb, kind))
+        yield y, [a.copy() for a in opt.x], [a.copy() for a in opt.z]
