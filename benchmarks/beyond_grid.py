@@ -50,6 +50,18 @@ VARIANTS = {
                      "race, then the winner vs half a decade toward the runner-up, constant"),
     "w_keep_cos": (dict(level_shape="warmup", courses=("keep", "cosine")),
                    "as c_keep_cos, with a linear warm-up over round 1"),
+    "h_cos_cos~": (dict(plan="half", courses=("cosine", "cosine~")),
+                   "race, then cosine from the winner vs half a decade toward the runner-up, "
+                   "over half the epochs left; the winner alone on the rest"),
+    "h_cos3": (dict(plan="half", courses=("cosine", "cosine-", "cosine+")),
+               "race, then cosine from the winner and half a decade below and above, over half "
+               "the epochs left"),
+    "rc_keep~": (dict(level_shape="cosine", plan="half", courses=("keep", "keep~")),
+                 "race on cosine-to-zero courses, then the winner's course vs half a decade toward "
+                 "the runner-up, over half the epochs left"),
+    "rc_keep3": (dict(level_shape="cosine", plan="half", courses=("keep", "keep-", "keep+")),
+                 "race on cosine-to-zero courses, then the winner's course and half a decade below "
+                 "and above, over half the epochs left"),
     "d_keep_cos": (dict(plan="doubling", courses=("keep", "cosine")),
                    "race, then keep vs cosine in rounds of 4, 8 ... epochs"),
     "d_four": (dict(plan="doubling", courses=("keep", "cosine", "step", "seq3")),
@@ -57,11 +69,12 @@ VARIANTS = {
 }
 OTHER_METHODS = {
     "sf": "ScheduleFreeAdamW at its defaults (keras_mcv's, x read before the step), evaluated at x",
+    "sf_race": "the learning-rate race over ScheduleFreeAdamW's LR (1e-1..1e-4), evaluated at x",
     "plateau": "Adam 1e-3 with ReduceLROnPlateau on validation loss (factor 0.1, patience 2)",
     "thesis": "thesis Method 1 (SearchModel) with its own optimizer, PyTorch-form SGD momentum 0.9",
     "clr": "cyclical LR (triangular) with bounds from the LR range test",
 }
-OWN_OPTIMIZER = ("sf", "plateau", "thesis")
+OWN_OPTIMIZER = ("sf", "sf_race", "plateau", "thesis")
 """Methods that bring their own optimizer: run once per problem and seed."""
 
 
@@ -195,6 +208,11 @@ def run_one(problem, optimizer, seed, spec):
         opt = make_optimizer(optimizer, 1e-3)
     elif kind == "sf":
         model, opt = net, make_optimizer("sf", None)
+        cbs.append(mcv_callbacks.ScheduleFreeEvaluation())
+    elif kind == "sf_race":
+        from keras_mcv.models import RaceModel
+
+        model, opt = RaceModel.wrap(net), make_optimizer("sf", None)
         cbs.append(mcv_callbacks.ScheduleFreeEvaluation())
     elif kind == "plateau":
         model, opt = net, make_optimizer("adam", 1e-3)

@@ -274,3 +274,16 @@ register(Method(
     "the learning-rate race: successive halving of candidate LRs over rounds of epochs",
     _build_race, options=("candidates",),
 ))
+
+
+def _build_course(net, options):
+    from keras_mcv.models.course_race import CourseRaceModel
+
+    return CourseRaceModel.wrap(net, **_candidate_options(options))
+
+
+register(Method(
+    "course", "LR course race",
+    "the race, then LR courses (keep, decays, neighbouring levels) raced from the winner's point",
+    _build_course, options=("candidates",),
+))

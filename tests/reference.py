@@ -369,6 +369,8 @@ def course_race(params, opt, epochs, candidates, kind, level_shape="constant",
         level_epochs += 2 ** (r - 1)
         alive = -(-alive // 2)
     left, course_lengths, r2 = total - level_epochs, [], r + 1
+    if plan == "half" and left > 0:
+        left, course_lengths = 0, [-(-left // 2)]
     while left > 0:
         length = left if plan == "final" else min(2 ** (r2 - 1), left)
         course_lengths.append(length)

@@ -90,7 +90,7 @@ def test_distinct_drops_courses_that_give_the_same_lrs():
     "epochs,k,plan,rounds",
     [(15, 4, "final", [12]), (15, 4, "doubling", [4, 8]), (8, 4, "doubling", [4, 1]),
      (10, 4, "doubling", [4, 3]), (3, 4, "final", []), (2, 4, "final", []), (9, 8, "final", [2]),
-     (12, 2, "doubling", [2, 4, 5])],
+     (12, 2, "doubling", [2, 4, 5]), (8, 4, "half", [3]), (15, 4, "half", [6]), (4, 4, "half", [1])],
 )
 def test_course_rounds_follow_the_level_race(epochs, k, plan, rounds):
     assert rules.course_rounds(epochs, k, plan) == rounds
@@ -102,6 +102,7 @@ def test_plan_cost():
     assert rules.plan_cost_epochs(15, 4, 2) == 8 + 24
     assert rules.plan_cost_epochs(15, 4, 1) == 8 + 12
     assert rules.plan_cost_epochs(8, 4, 2, "doubling") == 8 + 2 * 5
+    assert rules.plan_cost_epochs(8, 4, 2, "half") == 8 + 2 * 3 + 2
     # A budget shorter than the level race: the race is cut with it.
     assert rules.plan_cost_epochs(2, 4, 2) == 4 + 2
     with pytest.raises(ValueError, match="round plan"):

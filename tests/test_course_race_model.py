@@ -15,6 +15,7 @@ CASES = {
     "warmup_four_doubling": dict(level_shape="warmup", courses=("keep", "cosine", "step", "seq3"),
                                  plan="doubling"),
     "cosine_levels": dict(level_shape="cosine", courses=("keep~", "cosine~")),
+    "half": dict(courses=("cosine", "cosine-", "cosine+"), plan="half"),
 }
 
 
@@ -31,7 +32,7 @@ def course_and_reference(optimizer, epochs, options, seed=3):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("case,epochs", [("keep_cosine", 5), ("warmup_four_doubling", 8),
-                                         ("cosine_levels", 6)])
+                                         ("cosine_levels", 6), ("half", 7)])
 def test_course_race_matches_reference(optimizer, case, epochs):
     model, cap, events = course_and_reference(optimizer, epochs, CASES[case])
     ref_steps = [e[1] for e in events if e[0] == "step"]
@@ -57,5 +58,5 @@ def test_course_race_matches_reference(optimizer, case, epochs):
             assert g["survivors"] == pytest.approx(r["survivors"], rel=1e-9)
     assert model.mcv_race_state.numpy() == race_model.FINISHED
     # Some course round raced more than one branch, and the LR changed within it.
-    raced = [h for h in history if h["courses"] and h["courses"][0] in ("keep", "keep~")]
+    raced = [h for h in history if h["courses"] and h["courses"][0] in ("keep", "keep~", "cosine")]
     assert raced and len(raced[0]["courses"]) > 1

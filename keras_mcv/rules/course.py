@@ -28,6 +28,9 @@ continuations of a course at step s (each from the leader's point):
 round plan over E epochs:
     level rounds of 1, 2, 4 ... epochs (successive halving of the candidates)
     then course rounds: "final"    one round to the end of the budget
+                        "half"     one round over the first half of what is
+                                   left (rounded up); the winner trains alone
+                                   on the rest
                         "doubling" rounds continuing 2^(r-1) epochs, cut at E
 ```
 
@@ -55,7 +58,7 @@ SHAPES = ("constant", "warmup", "cosine", "linear", "seq3")
 CONTINUATIONS = ("keep", "cosine", "linear", "seq3", "step")
 """Continuation kinds; each may carry a level suffix `+` or `-`."""
 
-ROUND_PLANS = ("final", "doubling")
+ROUND_PLANS = ("final", "half", "doubling")
 
 SEQ3_FACTOR = 0.9
 """seq3's per-epoch factor (Yang & Huang's third decay sequence, r_n = 0.9^n r_0)."""
@@ -207,9 +210,10 @@ def course_rounds(epochs: int, num_candidates: int, plan: str = "final") -> list
     Args:
         epochs: the budget E.
         num_candidates: K, which sets the level race's length.
-        plan: "final" (one round to the end) or "doubling" (rounds of
-            2^(r-1) epochs continuing the level race's numbering, the last
-            one cut at E). Defaults to "final".
+        plan: "final" (one round to the end), "half" (one round over the
+            first half of the epochs left, rounded up) or "doubling" (rounds
+            of 2^(r-1) epochs continuing the level race's numbering, the
+            last one cut at E). Defaults to "final".
     """
     if plan not in ROUND_PLANS:
         raise ValueError(f"Unknown round plan {plan!r}; use one of {', '.join(ROUND_PLANS)}.")
@@ -219,6 +223,8 @@ def course_rounds(epochs: int, num_candidates: int, plan: str = "final") -> list
         return []
     if plan == "final":
         return [left]
+    if plan == "half":
+        return [math.ceil(left / 2)]
     rounds, r = [], len(levels) + 1
     while left > 0:
         length = min(race.round_epochs(r), left)
@@ -244,6 +250,7 @@ def plan_cost_epochs(epochs: int, num_candidates: int, continuations: int,
         total += alive * length
         spent += length
         alive = race.survivors_count(alive)
-    for length in course_rounds(epochs, num_candidates, plan):
+    rounds = course_rounds(epochs, num_candidates, plan)
+    for length in rounds:
         total += int(continuations) * length
-    return total + max(0, int(epochs) - spent - sum(course_rounds(epochs, num_candidates, plan)))
+    return total + max(0, int(epochs) - spent - sum(rounds))
