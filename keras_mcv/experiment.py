@@ -86,7 +86,7 @@ def run_method(
     trial_every=None,
     trial_batch_size=None,
     candidates=None,
-    out_dir="saved_runs",
+    out_dir="runs",
     seed: int = 0,
     verbose: int = 1,
     data=None,
@@ -112,7 +112,7 @@ def run_method(
             (`MCVModel`'s option). Defaults to None: the whole half.
         candidates: the candidate LRs of the methods that take them. Defaults
             to the recipe's `candidates`, else the method's.
-        out_dir: where `<recipe>/<run name>.json` goes. Defaults to "saved_runs".
+        out_dir: where `<recipe>/<run name>.json` goes. Defaults to "runs".
         seed: seed of weights and shuffling. Defaults to 0.
         verbose: Keras progress bar mode. Defaults to 1.
         data: an `ArrayData` to use instead of loading (for `compare`).
@@ -237,7 +237,7 @@ def compare(
     subset=None,
     data_path=None,
     macro_settings=None,
-    out_dir="saved_runs",
+    out_dir="runs",
     seed: int = 0,
     verbose: int = 0,
     anchors=(),
@@ -254,7 +254,7 @@ def compare(
         epochs, batch_size, subset, data_path: override the recipe's.
         macro_settings: keyword arguments of `macro.run_macro_cv` (grid,
             repeats, patience, max_epochs); None skips the macro baseline.
-        out_dir: root of the run records. Defaults to "saved_runs".
+        out_dir: root of the run records. Defaults to "runs".
         seed: seed of every run. Defaults to 0.
         verbose: Keras verbosity. Defaults to 0.
         anchors: extra runs with another optimizer: `(optimizer, learning_rate)`
