@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_mcv.adaptive_nesterov import AdaptiveNesterovModel
+from keras_mcv.models.adaptive_nesterov import AdaptiveNesterovModel
 from tests import reference_companions as rc
 
 N, D, C = 48, 5, 3

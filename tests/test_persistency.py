@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_mcv.persistency import PersistencyModel
+from keras_mcv.models.persistency import PersistencyModel
 from tests import reference
 from tests import reference_companions as rc
 

@@ -9,12 +9,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_mcv import cost, trials
-from keras_mcv.models.base import batch_size_of
-from keras_mcv.models.base import selection_first
+from keras_mcv.models.base import batch_size_of, selection_first
 from keras_mcv.models.split import MCVModel
 from keras_mcv.rules import search_options as selection_rules
 from keras_mcv.rules import thesis as thesis_rules
-
 
 TUNED_OPTIONS = {
     "method": 1,

@@ -12,7 +12,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from keras_mcv.adaptive_nesterov import _inputs_outputs
+from keras_mcv.models.wrapping import Wrappable
 
 DEFAULT_PERSISTENCY = 1
 
@@ -33,7 +33,7 @@ def check_persistency(persistency) -> int:
 
 
 @keras.saving.register_keras_serializable(package="keras_mcv")
-class PersistencyModel(keras.Model):
+class PersistencyModel(Wrappable, keras.Model):
     """A model that takes K consecutive optimizer steps on each minibatch.
 
     For each minibatch (x, y) that `fit` delivers, with K = `persistency`:
@@ -70,23 +70,6 @@ class PersistencyModel(keras.Model):
         persistency = check_persistency(persistency)
         super().__init__(*args, **kwargs)
         self.persistency = persistency
-
-    @classmethod
-    def wrap(cls, model: keras.Model, *, input_shape=None, name=None, **kwargs):
-        """A PersistencyModel that shares the layers (and weights) of `model`.
-
-        Works for Functional and Sequential models with known inputs, and for
-        subclassed models given `input_shape` (the shape without the batch axis).
-
-        Args:
-            model: the model to train with minibatch persistency.
-            input_shape: needed only when `model` has no defined inputs.
-                Defaults to None.
-            name: the new model's name. Defaults to `model.name`.
-            **kwargs: the options of `PersistencyModel` (`persistency`).
-        """
-        inputs, outputs = _inputs_outputs(model, input_shape)
-        return cls(inputs, outputs, name=name or model.name, **kwargs)
 
     def get_config(self):
         config = super().get_config()

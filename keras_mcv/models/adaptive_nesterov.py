@@ -18,6 +18,8 @@ import warnings
 import keras
 import tensorflow as tf
 
+from keras_mcv.models.wrapping import Wrappable
+
 DEFAULT_MOMENTUM = 0.9
 DEFAULT_GAMMA = 1.0
 DEFAULT_GRAD_NORM_CLIP = (1e-4, 1e10)
@@ -62,7 +64,7 @@ def check_options(momentum, gamma, grad_norm_clip, step_size_clip):
 
 
 @keras.saving.register_keras_serializable(package="keras_mcv")
-class AdaptiveNesterovModel(keras.Model):
+class AdaptiveNesterovModel(Wrappable, keras.Model):
     """A model trained by Nesterov momentum with Polyak's step size (f* = 0).
 
     Every training step, on the batch (x, y), with alpha = `momentum`:
@@ -146,24 +148,6 @@ class AdaptiveNesterovModel(keras.Model):
         # A plain holder: Keras would wrap (and track twice) a list of variables
         # assigned to the model.
         self._velocity = _Velocity(weights, velocities)
-
-    @classmethod
-    def wrap(cls, model: keras.Model, *, input_shape=None, name=None, **kwargs):
-        """An AdaptiveNesterovModel that shares the layers (and weights) of `model`.
-
-        Works for Functional and Sequential models with known inputs, and for
-        subclassed models given `input_shape` (the shape without the batch axis).
-
-        Args:
-            model: the model to train with adaptive Nesterov.
-            input_shape: needed only when `model` has no defined inputs.
-                Defaults to None.
-            name: the new model's name. Defaults to `model.name`.
-            **kwargs: the options of `AdaptiveNesterovModel` (`momentum`,
-                `gamma`, `grad_norm_clip`, `step_size_clip`).
-        """
-        inputs, outputs = _inputs_outputs(model, input_shape)
-        return cls(inputs, outputs, name=name or model.name, **kwargs)
 
     @property
     def velocity_variables(self) -> list:
@@ -295,24 +279,3 @@ def _assign(variables, values):
             )
 
     tf.distribute.get_replica_context().merge_call(assign_all, args=(values,))
-
-
-def _inputs_outputs(model, input_shape):
-    """The functional inputs and outputs of `model`, calling it on new inputs if it has none."""
-    try:
-        inputs, outputs = model.inputs, model.outputs
-    except (AttributeError, ValueError):
-        inputs = outputs = None
-    if inputs and outputs:
-        # A one-element list would make the new model's output a list.
-        inputs = inputs[0] if len(inputs) == 1 else inputs
-        outputs = outputs[0] if len(outputs) == 1 else outputs
-        return inputs, outputs
-    if input_shape is None:
-        raise ValueError(
-            f"Cannot wrap {type(model).__name__} {model.name!r}: it has no "
-            "defined inputs. Pass `input_shape=` (without the batch axis), "
-            "e.g. `wrap(model, input_shape=(32, 32, 3))`."
-        )
-    inputs = keras.Input(shape=tuple(input_shape))
-    return inputs, model(inputs)
