@@ -37,6 +37,18 @@ def _floats(text: str, flag: str) -> tuple:
         ) from None
 
 
+MOMENTUM_FORM_HELP = (
+    "SGD's momentum form: torch (PyTorch's buffer of gradients, TorchSGD: what the "
+    "thesis ran) or keras (keras.optimizers.SGD's velocity of weight steps; records "
+    "end in _kerasmom). Defaults to the recipe's (torch)."
+)
+
+
+def _add_momentum_form(parser) -> None:
+    parser.add_argument("--momentum-form", default=None, choices=("torch", "keras"),
+                        help=MOMENTUM_FORM_HELP)
+
+
 def _load_recipe(name: str):
     import recipes
 
@@ -111,8 +123,10 @@ def _add_tune_parser(sub) -> None:
                    help="batch size. Defaults to the recipe's.")
     p.add_argument("--seed", type=int, default=0,
                    help="base seed of splits and initialisations. Defaults to 0.")
+    _add_momentum_form(p)
     p.add_argument("--out", default=None,
-                   help=f"output directory. Defaults to {DEFAULT_OUT}/RECIPE/macro.")
+                   help=f"output directory. Defaults to {DEFAULT_OUT}/RECIPE/macro "
+                   "(macro_kerasmom with --momentum-form keras).")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh instead of resuming OUT/tuner.")
     p.add_argument("--verbose", type=int, default=1,
@@ -131,9 +145,14 @@ def _cmd_tune(args) -> int:
     except (ImportError, KeyError, ValueError) as e:
         print(f"keras-mcv tune: {e}", file=sys.stderr)
         return 2
-    from keras_mcv import macro
+    from keras_mcv import experiment, macro
 
-    out = args.out or os.path.join(DEFAULT_OUT, config.name, "macro")
+    try:
+        form = experiment.momentum_form_of(config, args.momentum_form)
+    except ValueError as e:
+        print(f"keras-mcv tune: {e}", file=sys.stderr)
+        return 2
+    out = args.out or os.path.join(DEFAULT_OUT, config.name, experiment.macro_dir_name(form))
     try:
         lrs = floats(args.lrs, "--lrs")
         decays = floats(args.decays, "--decays")
@@ -145,7 +164,8 @@ def _cmd_tune(args) -> int:
             batch_size=args.batch_size or config.batch_size,
             optimizers=optimizers, learning_rates=lrs, decays=decays,
             repeats=args.repeats, patience=args.patience, max_epochs=args.max_epochs,
-            momentum=config.momentum, project_dir=os.path.join(out, "tuner"),
+            momentum=config.momentum, momentum_form=form,
+            project_dir=os.path.join(out, "tuner"),
             overwrite=args.overwrite, seed=args.seed, verbose=args.verbose,
         )
     except ValueError as e:
@@ -202,6 +222,7 @@ def _add_run_parsers(sub) -> None:
                    help="override the recipe's optimizer (the record's name says so).")
     p.add_argument("--lr", type=float, default=None,
                    help="override the recipe's learning rate of fixed-LR runs.")
+    _add_momentum_form(p)
     p.add_argument("--seed", type=int, default=0, help="seed. Defaults to 0.")
     p.add_argument("--out", default=DEFAULT_OUT,
                    help=f"output directory. Defaults to {DEFAULT_OUT}.")
@@ -221,7 +242,7 @@ def _cmd_run(args) -> int:
         candidates = _floats(args.candidates, "--candidates") if args.candidates else None
         options = dict(alpha=args.alpha, trial_every=args.trial_every,
                        trial_batch_size=args.trial_batch_size, candidates=candidates)
-        experiment.check_run_options(method, args.optimizer, **options)
+        experiment.check_run_options(method, args.optimizer, args.momentum_form, **options)
         data_path = args.data if args.data is not None else config.data_path
         data = config.load_data(data_path, args.subset)
     except (ValueError, data_lib.DataError, FileNotFoundError) as e:
@@ -230,7 +251,8 @@ def _cmd_run(args) -> int:
     record = experiment.run_method(
         config, method, epochs=args.epochs, batch_size=args.batch_size,
         patience=args.patience, out_dir=args.out, seed=args.seed, verbose=args.verbose,
-        optimizer=args.optimizer, learning_rate=args.lr, data=data, **options,
+        optimizer=args.optimizer, learning_rate=args.lr, momentum_form=args.momentum_form,
+        data=data, **options,
     )
     test = record["test"]
     print(
@@ -333,6 +355,7 @@ def _add_compare_parser(sub) -> None:
     p.add_argument("--patience", type=positive_int, default=20, help="macro-CV early-stopping patience.")
     p.add_argument("--max-epochs", type=positive_int, default=100, help="macro-CV epoch cap.")
     p.add_argument("--seed", type=int, default=0)
+    _add_momentum_form(p)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output root. Defaults to {DEFAULT_OUT}.")
     p.set_defaults(func=_cmd_compare)
 
@@ -361,6 +384,7 @@ def _cmd_compare(args) -> int:
         config, methods=methods, alpha=args.alpha, epochs=args.epochs, anchors=anchors,
         batch_size=args.batch_size, subset=args.subset, data_path=args.data,
         macro_settings=macro_settings, out_dir=args.out, seed=args.seed,
+        momentum_form=args.momentum_form,
     )
     print(report.markdown)
     for path in report.files:

@@ -15,20 +15,31 @@ from keras_mcv import methods as registry
 from keras_mcv import optimizers as optimizer_lib
 
 
-def make_optimizer(config, optimizer=None, learning_rate=None):
+def make_optimizer(config, optimizer=None, learning_rate=None, momentum_form=None):
     """The run's optimizer: the recipe's, or `optimizer` (a name of `optimizers.OPTIMIZERS`).
 
     `learning_rate` defaults to the recipe's for SGD and Adam, and to Keras's
     default for ScheduleFreeAdamW (a learning-rate-free anchor run).
+    `momentum_form` ("torch" or "keras", SGD only) defaults to the recipe's.
     """
     name = optimizer or config.optimizer
     if learning_rate is None and name != "schedule_free_adamw":
         learning_rate = config.learning_rate
-    return optimizer_lib.make_optimizer(name, learning_rate, momentum=config.momentum)
+    return optimizer_lib.make_optimizer(
+        name, learning_rate, momentum=config.momentum,
+        momentum_form=momentum_form_of(config, momentum_form),
+    )
 
 
-def check_run_options(method: str, optimizer=None, **options) -> tuple:
-    """Check a method name, its options and an optimizer name before any work.
+def momentum_form_of(config, momentum_form=None) -> str:
+    """The run's SGD momentum form: `momentum_form`, else the recipe's ("torch" if unset)."""
+    return optimizer_lib.check_momentum_form(
+        momentum_form or getattr(config, "momentum_form", "torch")
+    )
+
+
+def check_run_options(method: str, optimizer=None, momentum_form=None, **options) -> tuple:
+    """Check a method name, its options, an optimizer name and a momentum form before any work.
 
     Returns `(Method, options)` with the method's defaults filled in; raises a
     clear `ValueError` otherwise.
@@ -39,6 +50,8 @@ def check_run_options(method: str, optimizer=None, **options) -> tuple:
         raise ValueError(
             f"Unknown optimizer {optimizer!r}; use one of {', '.join(optimizer_lib.OPTIMIZERS)}."
         )
+    if momentum_form is not None:
+        optimizer_lib.check_momentum_form(momentum_form)
     return entry, resolved
 
 
@@ -92,6 +105,7 @@ def run_method(
     data=None,
     optimizer=None,
     learning_rate=None,
+    momentum_form=None,
 ) -> dict:
     """Train `config`'s model with `method`, evaluate on the test set, write a run record.
 
@@ -119,6 +133,8 @@ def run_method(
         optimizer: override the recipe's optimizer (a name of
             `optimizers.OPTIMIZERS`); the record's file name then says so.
         learning_rate: override the recipe's learning rate (fixed-LR runs).
+        momentum_form: override the recipe's SGD momentum form ("torch" or
+            "keras"); a Keras-form SGD run's file name ends in `_kerasmom`.
 
     Returns:
         The run record (also written to `out_dir/<recipe>/<run name>.json`).
@@ -129,7 +145,7 @@ def run_method(
     if candidates is None and "candidates" in entry.options:
         candidates = getattr(config, "candidates", None)
     entry, options = check_run_options(
-        method, optimizer, alpha=alpha, trial_every=trial_every,
+        method, optimizer, momentum_form, alpha=alpha, trial_every=trial_every,
         trial_batch_size=trial_batch_size, candidates=candidates,
     )
     epochs = config.epochs if epochs is None else int(epochs)
@@ -143,12 +159,15 @@ def run_method(
     net = config.build_model(data.input_shape, data.num_classes)
     model = entry.build(net, options)
     model.compile(
-        optimizer=make_optimizer(config, optimizer, learning_rate),
+        optimizer=make_optimizer(config, optimizer, learning_rate, momentum_form),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
     optimizer_lib.build_optimizer(model)
-    name = entry.run_name(options, optimizer=optimizer, learning_rate=learning_rate)
+    # The momentum form is an SGD setting: None for the other optimizers.
+    form = momentum_form_of(config, momentum_form) if (optimizer or config.optimizer) == "sgd" else None
+    name = entry.run_name(options, optimizer=optimizer, learning_rate=learning_rate,
+                          momentum_form=form)
     path = os.path.join(out_dir, config.name, name + ".json")
     run_config = {
         "recipe": config.name, "dataset": data.name, "method": method,
@@ -156,6 +175,7 @@ def run_method(
         "epochs": epochs, "gradient_batch": m, "fit_batch": entry.fit_batch_size(m),
         "train_examples": int(len(data.y_train)), "test_examples": int(len(data.y_test)),
         "optimizer": optimizer or config.optimizer, "momentum": config.momentum,
+        "momentum_form": form,
         "learning_rate": (
             float(model.optimizer.learning_rate.numpy()) if entry.fixed_lr else None
         ),
@@ -192,6 +212,11 @@ def run_method(
     record = recorder.record
     record["path"] = path
     return record
+
+
+def macro_dir_name(momentum_form: str) -> str:
+    """The macro-CV grid's directory under a recipe's: `macro`, or `macro_kerasmom` (Keras form)."""
+    return "macro_kerasmom" if momentum_form == "keras" else "macro"
 
 
 def _search_options(model) -> dict | None:
@@ -241,6 +266,7 @@ def compare(
     seed: int = 0,
     verbose: int = 0,
     anchors=(),
+    momentum_form=None,
 ):
     """Run the macro-CV baseline and each method on the same data; write records and a report.
 
@@ -263,6 +289,10 @@ def compare(
             method other than the baseline, e.g.
             `(("adam", 1e-3), ("schedule_free_adamw", None), ("adam", None, "tuned"))`.
             Defaults to none.
+        momentum_form: SGD's momentum form ("torch" or "keras") for every
+            run and the macro-CV grid. Defaults to the recipe's ("torch").
+            The Keras form's records end in `_kerasmom` and its grid goes to
+            `macro_kerasmom/`, so both forms can share `out_dir`.
 
     Returns:
         The `report.Report` built from `out_dir/<recipe>`.
@@ -273,11 +303,13 @@ def compare(
     for method in methods:
         check_run_options(method)
     anchors = check_anchors(anchors)
+    form = momentum_form_of(config, momentum_form)
     data = config.load_data(data_path, subset)
     recipe_dir = os.path.join(out_dir, config.name)
     if macro_settings is not None:
-        macro_dir = os.path.join(recipe_dir, "macro")
-        settings = {"batch_size": batch_size or config.batch_size, "momentum": config.momentum}
+        macro_dir = os.path.join(recipe_dir, macro_dir_name(form))
+        settings = {"batch_size": batch_size or config.batch_size, "momentum": config.momentum,
+                    "momentum_form": form}
         settings.update(macro_settings)
         result = macro.run_macro_cv(
             config.build_model, data, project_dir=os.path.join(macro_dir, "tuner"),
@@ -290,11 +322,12 @@ def compare(
             config, method, alpha=alpha if "alpha" in registry.get(method).options else None,
             epochs=epochs,
             batch_size=batch_size, out_dir=out_dir, seed=seed, verbose=verbose, data=data,
+            momentum_form=form,
         )
     for optimizer, learning_rate, method in anchors:
         run_method(
             config, method, epochs=epochs, batch_size=batch_size, out_dir=out_dir,
             seed=seed, verbose=verbose, data=data, optimizer=optimizer,
-            learning_rate=learning_rate,
+            learning_rate=learning_rate, momentum_form=form,
         )
     return report.build_report(recipe_dir)
