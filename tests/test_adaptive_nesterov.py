@@ -6,7 +6,6 @@ interpreter (logical devices must be configured before TensorFlow starts).
 """
 
 import os
-import subprocess
 import sys
 
 import keras
@@ -15,6 +14,7 @@ import pytest
 
 from keras_mcv.models.adaptive_nesterov import AdaptiveNesterovModel
 from tests import reference_companions as rc
+from tests import replicas
 
 N, D, C = 48, 5, 3
 BATCH = 16
@@ -281,24 +281,13 @@ def _run_mirrored(out):
         for key, value in history.history.items():
             result[f"{tag}/log/{key}"] = np.asarray(value)
         variables = model.trainable_variables + model.velocity_variables + [model.step_size]
-        for i, variable in enumerate(variables):
-            local = getattr(variable.value, "values", None) or (variable.value,)
-            for r, value in enumerate(local):
-                result[f"{tag}/var/{i}/{r}"] = np.asarray(value)
+        replicas.store(result, f"{tag}/var", variables)
     np.savez(out, **result)
 
 
 def test_mirrored_step_equals_single_device_step(tmp_path):
     out = str(tmp_path / "mirrored.npz")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "mirrored", out],
-        capture_output=True, text=True, timeout=240, cwd=root,
-        env={**os.environ, "PYTHONPATH": root},  # this tree's keras_mcv, not an installed one
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with np.load(out) as f:
-        r = {k: f[k] for k in f.files}
+    r = replicas.run_script([os.path.abspath(__file__), "mirrored"], out)
     # Two weights, two velocities, the step size; each on both replicas.
     dist_keys = sorted(k for k in r if k.startswith("dist/var/"))
     assert len(dist_keys) == 5 * REPLICAS

@@ -6,7 +6,6 @@ interpreter (logical devices must be configured before TensorFlow starts).
 """
 
 import os
-import subprocess
 import sys
 
 import keras
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 from keras_mcv.models.persistency import PersistencyModel
-from tests import reference
+from tests import reference, replicas
 from tests import reference_companions as rc
 
 N, D, C, BATCH = 48, 5, 3, 16
@@ -191,24 +190,13 @@ def _run_mirrored(out):
             model = build(persistency=2)
         history = model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
         result[f"{tag}/log/loss"] = np.asarray(history.history["loss"])
-        for i, variable in enumerate(model.trainable_variables + model.optimizer.variables):
-            local = getattr(variable.value, "values", None) or (variable.value,)
-            for r, value in enumerate(local):
-                result[f"{tag}/var/{i}/{r}"] = np.asarray(value)
+        replicas.store(result, f"{tag}/var", model.trainable_variables + model.optimizer.variables)
     np.savez(out, **result)
 
 
 def test_mirrored_run_equals_single_device_run(tmp_path):
     out = str(tmp_path / "mirrored.npz")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "mirrored", out],
-        capture_output=True, text=True, timeout=240, cwd=root,
-        env={**os.environ, "PYTHONPATH": root},  # this tree's keras_mcv, not an installed one
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with np.load(out) as f:
-        r = {k: f[k] for k in f.files}
+    r = replicas.run_script([os.path.abspath(__file__), "mirrored"], out)
     paths = sorted({k[len("dist/var/"):].rsplit("/", 1)[0] for k in r if k.startswith("dist/var/")})
     assert len(paths) >= 5  # two weights, iterations, learning rate, two momentums
     for path in paths:
