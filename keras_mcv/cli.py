@@ -343,7 +343,9 @@ def _cmd_run(args) -> int:
         data_path = args.data if args.data is not None else config.data_path
         data = config.load_data(data_path, args.subset)
     except (ValueError, data_lib.DataError, FileNotFoundError) as e:
-        print(f"keras-mcv run: {e}", file=sys.stderr)
+        default = " (the recipe's default method; choose one with --method)"
+        print(f"keras-mcv run: {e}{default if args.method is None and 'method' in str(e) else ''}",
+              file=sys.stderr)
         return 2
     record = experiment.run_method(
         config, method, epochs=args.epochs, batch_size=args.batch_size,

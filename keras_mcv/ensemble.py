@@ -119,7 +119,8 @@ class EnsembleResult:
 
     @property
     def best_member_accuracy(self) -> float:
-        """The best accuracy of any member on these data (information only)."""
+        """The best accuracy of the k averaged members alone (information only: choosing
+        by it would select on the data it is scored on)."""
         return max(self.member_accuracies[: self.k])
 
     def __str__(self):

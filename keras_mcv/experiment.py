@@ -219,16 +219,18 @@ def run_method(
     cbs = [*(callbacks or []), recorder, steps, _PrintLR()]
     if ema:
         cbs.insert(0, keras.callbacks.SwapEMAWeights())
-    fit_data = {"x": data.x_train, "y": data.y_train, "batch_size": entry.fit_batch_size(m)}
+    fit_data = {"x": data.x_train, "y": data.y_train, "batch_size": entry.fit_batch_size(m),
+                "shuffle": True}
     if transforms:
         from keras_mcv.data import make_dataset
 
         fit_data = {"x": make_dataset(data.x_train, data.y_train, entry.fit_batch_size(m),
-                                      shuffle=True, augment=transforms, seed=seed)}
+                                      shuffle=True, augment=transforms, seed=seed),
+                    "shuffle": False}  # the pipeline shuffles
     if entry.selects_per_epoch:
         cbs = mcv_callbacks.default(patience) + cbs
     try:
-        model.fit(**fit_data, epochs=epochs, shuffle=True, verbose=verbose, callbacks=cbs)
+        model.fit(**fit_data, epochs=epochs, verbose=verbose, callbacks=cbs)
         test = model.evaluate(data.x_test, data.y_test, verbose=0, return_dict=True)
     except KeyboardInterrupt:
         recorder.finish("incomplete")
