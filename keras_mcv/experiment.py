@@ -208,13 +208,14 @@ def run_method(
         "trial_batch_size": options.get("trial_batch_size"), "seed": seed,
         "candidates": options.get("candidates"),
         "search_options": _search_options(model),
-        "persistency": options.get("persistency"), "ema": bool(ema),
+        "persistency": options.get("persistency"), "weight_ema": bool(ema),
         "augment": list(transforms) or None,
         "device": "CPU" if not _has_gpu() else "GPU",
     }
     counts_ops = hasattr(model, "ops_counts")
     recorder = mcv_callbacks.RunRecorder(path, config.name, method, run_config,
-                                         kind="baseline" if method == "baseline" else "mcv")
+                                         kind="mcv" if counts_ops or not entry.takes_optimizer
+                                         else "baseline")
     steps = _StepCount()
     cbs = [*(callbacks or []), recorder, steps, _PrintLR()]
     if ema:

@@ -131,7 +131,7 @@ def test_ema_run_tests_the_averaged_weights(digits, tmp_path):
         np.testing.assert_array_equal(weight.numpy(), average.numpy())
     plain = run(digits, tmp_path)
     assert record["test"]["loss"] != plain["test"]["loss"]
-    assert record["config"]["ema"] is True and record["path"].endswith("baseline_ema.json")
+    assert record["config"]["weight_ema"] is True and record["path"].endswith("baseline_ema.json")
 
 
 def _image_recipe():
@@ -257,7 +257,7 @@ def test_cli_runs_the_new_flags(tmp_path, capsys):
     names = sorted(p.name for p in (tmp_path / "digits_small_cnn").iterdir())
     assert names == ["adaptive-nesterov.json", "baseline_persistency2_adagrad_ema.json"]
     record = json.loads((tmp_path / "digits_small_cnn" / names[1]).read_text())
-    assert record["config"]["optimizer"] == "adagrad" and record["config"]["ema"] is True
+    assert record["config"]["optimizer"] == "adagrad" and record["config"]["weight_ema"] is True
 
 
 def test_check_command_passes_a_sound_recipe(capsys):

@@ -191,6 +191,13 @@ def test_format_duration(seconds, text):
         ("mcv", "search2", {}, "Method 2"),
         ("mcv", "search3", {}, "Method 3"),
         ("mcv", "my_rule", {}, "my_rule"),
+        ("mcv", "adaptive-nesterov", {"optimizer": None}, "Adaptive Nesterov"),
+        ("baseline", "baseline", {"optimizer": "sgd", "learning_rate": 0.01, "persistency": 2},
+         "Baseline SGD lr=0.01, persistency K = 2"),
+        ("baseline", "baseline", {"optimizer": "adagrad", "weight_ema": True, "augment": ["flip"]},
+         "Baseline AdaGrad + EMA + augmentation"),
+        ("mcv", "race", {"optimizer": "sgd", "weight_ema": True}, "LR race (SGD) + EMA"),
+        ("mcv", "voting", {"ema": 0.5}, "MCV-lr-voting"),  # VotingModel's own vote EMA
     ],
 )
 def test_method_label(kind, method, config, label):
