@@ -37,6 +37,18 @@ def _floats(text: str, flag: str) -> tuple:
         ) from None
 
 
+MOMENTUM_FORM_HELP = (
+    "SGD's momentum form: torch (PyTorch's buffer of gradients, TorchSGD: what the "
+    "thesis ran) or keras (keras.optimizers.SGD's velocity of weight steps; records "
+    "end in _kerasmom). Defaults to the recipe's (torch)."
+)
+
+
+def _add_momentum_form(parser) -> None:
+    parser.add_argument("--momentum-form", default=None, choices=("torch", "keras"),
+                        help=MOMENTUM_FORM_HELP)
+
+
 def _load_recipe(name: str):
     import recipes
 
@@ -121,9 +133,11 @@ def _add_tune_parser(sub) -> None:
                    help="batch size. Defaults to the recipe's.")
     p.add_argument("--seed", type=int, default=0,
                    help="base seed of splits and initialisations. Defaults to 0.")
+    _add_momentum_form(p)
     p.add_argument("--out", default=None,
                    help=f"output directory. Defaults to {DEFAULT_OUT}/RECIPE/macro "
-                   "(grid) or .../random_search (random).")
+                   "(grid; macro_kerasmom with --momentum-form keras) or "
+                   ".../random_search (random).")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh instead of resuming OUT/tuner.")
     p.add_argument("--verbose", type=int, default=1,
@@ -184,9 +198,14 @@ def _cmd_tune(args) -> int:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    from keras_mcv import macro
+    from keras_mcv import experiment, macro
 
-    out = args.out or os.path.join(DEFAULT_OUT, config.name, "macro")
+    try:
+        form = experiment.momentum_form_of(config, args.momentum_form)
+    except ValueError as e:
+        print(f"keras-mcv tune: {e}", file=sys.stderr)
+        return 2
+    out = args.out or os.path.join(DEFAULT_OUT, config.name, experiment.macro_dir_name(form))
     try:
         lrs = floats(args.lrs, "--lrs")
         decays = floats(args.decays, "--decays")
@@ -198,7 +217,8 @@ def _cmd_tune(args) -> int:
             batch_size=args.batch_size or config.batch_size,
             optimizers=optimizers, learning_rates=lrs, decays=decays,
             repeats=args.repeats, patience=args.patience, max_epochs=args.max_epochs,
-            momentum=config.momentum, project_dir=os.path.join(out, "tuner"),
+            momentum=config.momentum, momentum_form=form,
+            project_dir=os.path.join(out, "tuner"),
             overwrite=args.overwrite, seed=args.seed, verbose=args.verbose,
         )
     except ValueError as e:
@@ -222,6 +242,7 @@ def _cmd_random_search(args, config) -> int:
     import os
     import warnings
 
+    from keras_mcv import experiment
     from keras_mcv.macro import random_search as rs
 
     out = args.out or os.path.join(DEFAULT_OUT, config.name, "random_search")
@@ -247,6 +268,7 @@ def _cmd_random_search(args, config) -> int:
             coarse_epochs=args.coarse_epochs or 2, epochs=args.epochs or 10,
             shrink=shrink, ensemble=ensemble, optimizer=config.optimizer,
             momentum=config.momentum, learning_rate=config.learning_rate,
+            momentum_form=experiment.momentum_form_of(config, args.momentum_form),
             batch_size=args.batch_size or config.batch_size,
         )
         rs.check_settings(**settings)
@@ -308,6 +330,7 @@ def _add_run_parsers(sub) -> None:
                    help="override the recipe's optimizer (the record's name says so).")
     p.add_argument("--lr", type=float, default=None,
                    help="override the recipe's learning rate of fixed-LR runs.")
+    _add_momentum_form(p)
     p.add_argument("--persistency", type=positive_int, default=None, metavar="K",
                    help="K updates on each minibatch (minibatch persistency; baseline). "
                    "Defaults to 1, standard training.")
@@ -336,8 +359,8 @@ def _cmd_run(args) -> int:
         options = dict(alpha=args.alpha, trial_every=args.trial_every,
                        trial_batch_size=args.trial_batch_size, candidates=candidates,
                        persistency=args.persistency)
-        experiment.check_run_options(method, args.optimizer, learning_rate=args.lr,
-                                     ema=args.ema, **options)
+        experiment.check_run_options(method, args.optimizer, args.momentum_form,
+                                     learning_rate=args.lr, ema=args.ema, **options)
         if args.augment:
             experiment.check_augment(config)
         data_path = args.data if args.data is not None else config.data_path
@@ -350,8 +373,8 @@ def _cmd_run(args) -> int:
     record = experiment.run_method(
         config, method, epochs=args.epochs, batch_size=args.batch_size,
         patience=args.patience, out_dir=args.out, seed=args.seed, verbose=args.verbose,
-        optimizer=args.optimizer, learning_rate=args.lr, data=data, ema=args.ema,
-        augment=args.augment, **options,
+        optimizer=args.optimizer, learning_rate=args.lr, momentum_form=args.momentum_form,
+        data=data, ema=args.ema, augment=args.augment, **options,
     )
     test = record["test"]
     print(
@@ -498,6 +521,7 @@ def _add_compare_parser(sub) -> None:
     p.add_argument("--patience", type=positive_int, default=20, help="macro-CV early-stopping patience.")
     p.add_argument("--max-epochs", type=positive_int, default=100, help="macro-CV epoch cap.")
     p.add_argument("--seed", type=int, default=0)
+    _add_momentum_form(p)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output root. Defaults to {DEFAULT_OUT}.")
     p.set_defaults(func=_cmd_compare)
 
@@ -526,6 +550,7 @@ def _cmd_compare(args) -> int:
         config, methods=methods, alpha=args.alpha, epochs=args.epochs, anchors=anchors,
         batch_size=args.batch_size, subset=args.subset, data_path=args.data,
         macro_settings=macro_settings, out_dir=args.out, seed=args.seed,
+        momentum_form=args.momentum_form,
     )
     print(report.markdown)
     for path in report.files:

@@ -15,24 +15,33 @@ from keras_mcv import methods as registry
 from keras_mcv import optimizers as optimizer_lib
 
 
-def make_optimizer(config, optimizer=None, learning_rate=None, ema=False):
+def make_optimizer(config, optimizer=None, learning_rate=None, momentum_form=None, ema=False):
     """The run's optimizer: the recipe's, or `optimizer` (a name of `optimizers.OPTIMIZERS`).
 
     `learning_rate` defaults to the recipe's for SGD, Adam and AdaGrad, and to
     Keras's default for ScheduleFreeAdamW (a learning-rate-free anchor run).
+    `momentum_form` ("torch" or "keras", SGD only) defaults to the recipe's.
     `ema` turns on Keras's `use_ema`.
     """
     name = optimizer or config.optimizer
     if learning_rate is None and name != "schedule_free_adamw":
         learning_rate = config.learning_rate
     return optimizer_lib.make_optimizer(
-        name, learning_rate, momentum=config.momentum, use_ema=ema
+        name, learning_rate, momentum=config.momentum,
+        momentum_form=momentum_form_of(config, momentum_form), use_ema=ema,
     )
 
 
-def check_run_options(method: str, optimizer=None, *, learning_rate=None, ema=False,
-                      **options) -> tuple:
-    """Check a method name, its options and an optimizer name before any work.
+def momentum_form_of(config, momentum_form=None) -> str:
+    """The run's SGD momentum form: `momentum_form`, else the recipe's ("torch" if unset)."""
+    return optimizer_lib.check_momentum_form(
+        momentum_form or getattr(config, "momentum_form", "torch")
+    )
+
+
+def check_run_options(method: str, optimizer=None, momentum_form=None, *, learning_rate=None,
+                      ema=False, **options) -> tuple:
+    """Check a method name, its options, an optimizer name and a momentum form before any work.
 
     Returns `(Method, options)` with the method's defaults filled in; raises a
     clear `ValueError` otherwise (also for `optimizer`, `learning_rate` or
@@ -44,9 +53,12 @@ def check_run_options(method: str, optimizer=None, *, learning_rate=None, ema=Fa
         raise ValueError(
             f"Unknown optimizer {optimizer!r}; use one of {', '.join(optimizer_lib.OPTIMIZERS)}."
         )
+    if momentum_form is not None:
+        optimizer_lib.check_momentum_form(momentum_form)
     if not entry.takes_optimizer:
         given = [flag for flag, value in (("--optimizer", optimizer), ("--lr", learning_rate),
-                                          ("--ema", ema or None)) if value is not None]
+                                          ("--ema", ema or None),
+                                          ("--momentum-form", momentum_form)) if value is not None]
         if given:
             raise ValueError(
                 f"{', '.join(given)} does not apply to method {method!r}: it computes its own "
@@ -119,6 +131,7 @@ def run_method(
     data=None,
     optimizer=None,
     learning_rate=None,
+    momentum_form=None,
     persistency=None,
     ema: bool = False,
     augment: bool = False,
@@ -150,6 +163,8 @@ def run_method(
         optimizer: override the recipe's optimizer (a name of
             `optimizers.OPTIMIZERS`); the record's file name then says so.
         learning_rate: override the recipe's learning rate (fixed-LR runs).
+        momentum_form: override the recipe's SGD momentum form ("torch" or
+            "keras"); a Keras-form SGD run's file name ends in `_kerasmom`.
         persistency: K updates per minibatch (`PersistencyModel`), for the
             methods that take it. Defaults to None: standard training.
         ema: Keras's `use_ema` on the optimizer; `fit` ends with the averaged
@@ -170,7 +185,7 @@ def run_method(
     if candidates is None and "candidates" in entry.options:
         candidates = getattr(config, "candidates", None)
     entry, options = check_run_options(
-        method, optimizer, learning_rate=learning_rate, ema=ema, alpha=alpha,
+        method, optimizer, momentum_form, learning_rate=learning_rate, ema=ema, alpha=alpha,
         trial_every=trial_every, trial_batch_size=trial_batch_size, candidates=candidates,
         persistency=persistency,
     )
@@ -187,11 +202,16 @@ def run_method(
     model = entry.build(net, options)
     compiled = {"loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}
     if entry.takes_optimizer:
-        model.compile(optimizer=make_optimizer(config, optimizer, learning_rate, ema), **compiled)
+        model.compile(optimizer=make_optimizer(config, optimizer, learning_rate, momentum_form, ema),
+                      **compiled)
         optimizer_lib.build_optimizer(model)
     else:
         model.compile(**compiled)
-    name = entry.run_name(options, optimizer=optimizer, learning_rate=learning_rate)
+    # The momentum form is an SGD setting: None for the other optimizers (and none at all).
+    uses_sgd = entry.takes_optimizer and (optimizer or config.optimizer) == "sgd"
+    form = momentum_form_of(config, momentum_form) if uses_sgd else None
+    name = entry.run_name(options, optimizer=optimizer, learning_rate=learning_rate,
+                          momentum_form=form)
     name += "_ema" * bool(ema) + "_augment" * bool(augment)
     path = os.path.join(out_dir, config.name, name + ".json")
     run_config = {
@@ -201,6 +221,7 @@ def run_method(
         "train_examples": int(len(data.y_train)), "test_examples": int(len(data.y_test)),
         "optimizer": (optimizer or config.optimizer) if entry.takes_optimizer else None,
         "momentum": config.momentum if entry.takes_optimizer else model.momentum,
+        "momentum_form": form,
         "learning_rate": (
             float(model.optimizer.learning_rate.numpy()) if entry.fixed_lr else None
         ),
@@ -283,6 +304,11 @@ def check_recipe(config, data, *, gradient: bool = True, gradient_examples: int 
     return report, gradients
 
 
+def macro_dir_name(momentum_form: str) -> str:
+    """The macro-CV grid's directory under a recipe's: `macro`, or `macro_kerasmom` (Keras form)."""
+    return "macro_kerasmom" if momentum_form == "keras" else "macro"
+
+
 def _search_options(model) -> dict | None:
     """A SearchModel's beyond-the-thesis options, for the run record (None otherwise)."""
     from keras_mcv.models.search import SearchModel
@@ -330,6 +356,7 @@ def compare(
     seed: int = 0,
     verbose: int = 0,
     anchors=(),
+    momentum_form=None,
 ):
     """Run the macro-CV baseline and each method on the same data; write records and a report.
 
@@ -352,6 +379,10 @@ def compare(
             method other than the baseline, e.g.
             `(("adam", 1e-3), ("schedule_free_adamw", None), ("adam", None, "tuned"))`.
             Defaults to none.
+        momentum_form: SGD's momentum form ("torch" or "keras") for every
+            run and the macro-CV grid. Defaults to the recipe's ("torch").
+            The Keras form's records end in `_kerasmom` and its grid goes to
+            `macro_kerasmom/`, so both forms can share `out_dir`.
 
     Returns:
         The `report.Report` built from `out_dir/<recipe>`.
@@ -362,11 +393,13 @@ def compare(
     for method in methods:
         check_run_options(method)
     anchors = check_anchors(anchors)
+    form = momentum_form_of(config, momentum_form)
     data = config.load_data(data_path, subset)
     recipe_dir = os.path.join(out_dir, config.name)
     if macro_settings is not None:
-        macro_dir = os.path.join(recipe_dir, "macro")
-        settings = {"batch_size": batch_size or config.batch_size, "momentum": config.momentum}
+        macro_dir = os.path.join(recipe_dir, macro_dir_name(form))
+        settings = {"batch_size": batch_size or config.batch_size, "momentum": config.momentum,
+                    "momentum_form": form}
         settings.update(macro_settings)
         result = macro.run_macro_cv(
             config.build_model, data, project_dir=os.path.join(macro_dir, "tuner"),
@@ -379,11 +412,12 @@ def compare(
             config, method, alpha=alpha if "alpha" in registry.get(method).options else None,
             epochs=epochs,
             batch_size=batch_size, out_dir=out_dir, seed=seed, verbose=verbose, data=data,
+            momentum_form=form,
         )
     for optimizer, learning_rate, method in anchors:
         run_method(
             config, method, epochs=epochs, batch_size=batch_size, out_dir=out_dir,
             seed=seed, verbose=verbose, data=data, optimizer=optimizer,
-            learning_rate=learning_rate,
+            learning_rate=learning_rate, momentum_form=form,
         )
     return report.build_report(recipe_dir)

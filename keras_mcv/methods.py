@@ -107,13 +107,17 @@ class Method:
         _check_values(options)
         return options
 
-    def run_name(self, options: Mapping, optimizer=None, learning_rate=None) -> str:
+    def run_name(self, options: Mapping, optimizer=None, learning_rate=None,
+                 momentum_form=None) -> str:
         """File stem of a run record, e.g. `search2_alpha0.5`, `baseline_adam_lr0.001`.
 
         Args:
             options: the run's options (`resolve_options`).
             optimizer: an optimizer name that overrides the recipe's, or None.
             learning_rate: a learning rate that overrides the recipe's, or None.
+            momentum_form: the SGD momentum form of the run, or None (not SGD):
+                "keras" adds `_kerasmom`, so both forms' records sit side by
+                side; "torch" (the thesis's, the default) adds nothing.
         """
         name = self.name
         for key in self.name_options:
@@ -125,6 +129,8 @@ class Method:
             name += f"_lr{learning_rate:g}"
         if options.get("trial_batch_size") is not None:
             name += f"_tbs{int(options['trial_batch_size'])}"
+        if momentum_form == "keras":
+            name += "_kerasmom"
         return name
 
 

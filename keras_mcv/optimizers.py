@@ -181,6 +181,16 @@ MOMENTUM_FORMS = ("torch", "keras")
 PyTorch runs) or "keras" (`keras.optimizers.SGD`, weight units)."""
 
 
+def check_momentum_form(momentum_form: str) -> str:
+    """`momentum_form` if it is one of `MOMENTUM_FORMS`, else a ValueError naming the choices."""
+    if momentum_form not in MOMENTUM_FORMS:
+        raise ValueError(
+            f"Unknown momentum form {momentum_form!r}; use 'torch' (PyTorch's SGD, the "
+            "thesis) or 'keras' (keras.optimizers.SGD)."
+        )
+    return momentum_form
+
+
 def make_optimizer(
     name: str,
     learning_rate: Optional[float] = None,
@@ -224,11 +234,7 @@ def make_optimizer(
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}.")
-    if momentum_form not in MOMENTUM_FORMS:
-        raise ValueError(
-            f"Unknown momentum form {momentum_form!r}; use 'torch' (PyTorch's SGD, the "
-            "thesis) or 'keras' (keras.optimizers.SGD)."
-        )
+    check_momentum_form(momentum_form)
     kwargs = {}
     if learning_rate is not None or name in DEFAULT_LEARNING_RATES:
         lr = float(DEFAULT_LEARNING_RATES[name] if learning_rate is None else learning_rate)

@@ -1,8 +1,8 @@
 """Recipes: the thesis's dataset/architecture pairs, plus the embedded digits default.
 
 A recipe is data: a row of `TABLE` names its loader, its architecture, and
-what it changes of the shared defaults (SGD with momentum 0.9 at LR 0.01 for
-fixed-LR runs, gradient batch 128, 100 epochs, the learning-rate race). Two
+what it changes of the shared defaults (SGD with momentum 0.9 in PyTorch's
+form, as the thesis ran it, at LR 0.01 for fixed-LR runs, gradient batch 128, 100 epochs, the learning-rate race). Two
 loaders need code of their own and live beside this file (`digits`,
 `adience`). `get_config(NAME)` builds the `RecipeConfig`; `keras-mcv run NAME`
 and `python -m recipes NAME` train it.
@@ -55,9 +55,10 @@ TABLE = {
 RECIPES = tuple(TABLE)
 
 SHARED_DEFAULTS = dict(batch_size=128, epochs=100, optimizer="sgd", momentum=0.9,
-                       learning_rate=0.01, method="race")
-"""What every recipe starts from: the thesis's SGD with momentum 0.9 (LR 0.01 for
-fixed-LR runs), gradient batch 128, 100 epochs, and the learning-rate race."""
+                       momentum_form="torch", learning_rate=0.01, method="race")
+"""What every recipe starts from: the thesis's SGD with momentum 0.9 in PyTorch's
+form (`TorchSGD`; LR 0.01 for fixed-LR runs), gradient batch 128, 100 epochs, and
+the learning-rate race."""
 
 _NATURAL_IMAGES = ("cifar10", "adience")
 """Recipes (by prefix) whose `--augment` is flip, translation and jitter (Mandatelli

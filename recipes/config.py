@@ -25,6 +25,11 @@ class RecipeConfig:
         optimizer: a name of `keras_mcv.optimizers.OPTIMIZERS`. Defaults to
             "sgd".
         momentum: SGD momentum. Defaults to 0.9.
+        momentum_form: how SGD keeps its momentum (a name of
+            `keras_mcv.optimizers.MOMENTUM_FORMS`): "torch", PyTorch's
+            buffer of gradients (`TorchSGD`, what the thesis ran), or
+            "keras", `keras.optimizers.SGD`'s velocity of weight steps.
+            Defaults to "torch".
         learning_rate: the LR of fixed-LR runs (baseline, MCV-discard).
             Defaults to 0.01.
         method: the method of `keras-mcv run` without `--method` (a name of
@@ -50,6 +55,7 @@ class RecipeConfig:
     epochs: int = 100
     optimizer: str = "sgd"
     momentum: float = 0.9
+    momentum_form: str = "torch"
     learning_rate: float = 0.01
     method: str = "race"
     candidates: Optional[tuple] = None

@@ -56,6 +56,11 @@ def test_run_names():
         "baseline_adam_lr0.001"
     )
     assert methods.get("voting").run_name({"trial_batch_size": 8}) == "voting_tbs8"
+    # PyTorch's momentum form (the thesis's, the default) keeps the plain name.
+    assert methods.get("search1").run_name({}, momentum_form="torch") == "search1"
+    assert methods.get("search2").run_name({"alpha": 0.5}, momentum_form="keras") == (
+        "search2_alpha0.5_kerasmom"
+    )
 
 
 def test_register_refuses_duplicates_and_unknown_options():

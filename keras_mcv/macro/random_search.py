@@ -272,7 +272,9 @@ def _make_tuner_class():
                 **{k: values[k] for k in ("l2", "dropout") if k in values},
             )
             lr = values.get("learning_rate", s["learning_rate"])
-            model.compile(optimizer=make_optimizer(s["optimizer"], lr, momentum=s["momentum"]),
+            optimizer = make_optimizer(s["optimizer"], lr, momentum=s["momentum"],
+                                       momentum_form=s["momentum_form"])
+            model.compile(optimizer=optimizer,
                           loss="sparse_categorical_crossentropy", metrics=["accuracy"])
             history = model.fit(
                 x_tr, y_tr, batch_size=s["batch_size"], epochs=s["epochs"],
@@ -376,13 +378,14 @@ def _run_stage(name, ranges, trials, epochs, build_model, split, data, settings,
 
 def check_settings(*, ranges=DEFAULT_RANGES, trials=8, fine_trials=None, coarse_epochs=2,
                    epochs=10, shrink=0.25, border=0.1, optimizer="sgd", batch_size=128,
-                   val_fraction=0.2, ensemble=3, **_) -> tuple:
+                   val_fraction=0.2, ensemble=3, momentum_form="torch", **_) -> tuple:
     """Check `random_search`'s arguments before any work; a clear ValueError otherwise.
 
     Returns `(ranges, fine_trials, shrink, border, val_fraction)`, normalised.
     """
-    from keras_mcv.optimizers import OPTIMIZERS
+    from keras_mcv.optimizers import OPTIMIZERS, check_momentum_form
 
+    check_momentum_form(momentum_form)
     ranges = check_ranges(ranges)
     fine_trials = trials if fine_trials is None else fine_trials
     for key, value, low in (("trials", trials, 1), ("fine_trials", fine_trials, 1),
@@ -435,6 +438,7 @@ def random_search(
     border: float = 0.1,
     optimizer: str = "sgd",
     momentum: float = 0.9,
+    momentum_form: str = "torch",
     learning_rate: float = 0.01,
     batch_size: int = 128,
     val_fraction: float = 0.2,
@@ -464,6 +468,8 @@ def random_search(
             Defaults to 0.1.
         optimizer: a name of `keras_mcv.optimizers.OPTIMIZERS`. Defaults to "sgd".
         momentum: SGD momentum. Defaults to 0.9.
+        momentum_form: SGD's momentum form, "torch" (`TorchSGD`, the thesis's)
+            or "keras". Defaults to "torch".
         learning_rate: the LR when it is not searched. Defaults to 0.01.
         batch_size: batch size. Defaults to 128.
         val_fraction: the validation share of the split. Defaults to 0.2.
@@ -486,11 +492,13 @@ def random_search(
     from keras_mcv.ensemble import evaluate_ensemble
     from keras_mcv.macro import _data_digest, _fingerprint
     from keras_mcv.macro.settings import stratified_splits
+    from keras_mcv.optimizers import check_momentum_form
 
     ranges, fine_trials, shrink, border, val_fraction = check_settings(
         ranges=ranges, trials=trials, fine_trials=fine_trials, coarse_epochs=coarse_epochs,
         epochs=epochs, shrink=shrink, border=border, optimizer=optimizer,
         batch_size=batch_size, val_fraction=val_fraction, ensemble=ensemble,
+        momentum_form=momentum_form,
     )
     if not isinstance(data, ArrayData):
         raise ValueError(f"`data` must be a keras_mcv.data.ArrayData, got {type(data)!r}.")
@@ -503,12 +511,13 @@ def random_search(
         ranges=[dataclasses.asdict(r) for r in ranges], trials=int(trials),
         fine_trials=int(fine_trials), coarse_epochs=int(coarse_epochs), epochs=int(epochs),
         shrink=shrink, border=border, optimizer=optimizer, momentum=float(momentum),
-        learning_rate=float(learning_rate), batch_size=int(batch_size),
-        val_fraction=val_fraction, seed=int(seed), data=_data_digest(data),
-        dataset=data.name,
+        momentum_form=check_momentum_form(momentum_form), learning_rate=float(learning_rate),
+        batch_size=int(batch_size), val_fraction=val_fraction, seed=int(seed),
+        data=_data_digest(data), dataset=data.name,
     )
     fingerprint = _fingerprint(settings)
     trial_settings = dict(seed=int(seed), optimizer=optimizer, momentum=float(momentum),
+                          momentum_form=settings["momentum_form"],
                           learning_rate=float(learning_rate), batch_size=int(batch_size),
                           verbose=2 if verbose >= 2 else 0)
     common = dict(build_model=build_model, split=split, data=data, settings=trial_settings,
