@@ -19,7 +19,8 @@ augment            the same, on the recipe's augmentation (flip, 4-pixel transla
                    brightness/contrast jitter; Keras preprocessing layers)     [001, 2.4]
 ```
 The step schedule's and CLR's range [0.001, 0.1] is adaptive Nesterov's step-size clip,
-as in the document ("to have a fair comparison"). Writes `<out>/<name>.json` (every
+as in the document ("to have a fair comparison"); their SGD is PyTorch's (`TorchSGD`), the
+document's framework, and the recipe's SGD runs in the recipe's momentum form. Writes `<out>/<name>.json` (every
 arm's per-epoch test accuracy, loss, training time and LR; arms of earlier invocations
 with the same name are kept, so arms can run one process at a time) and
 `<out>/<name>.md`.
@@ -70,14 +71,15 @@ def _optimizer(arm, config, epochs, steps_per_epoch):
         boundaries = [int(0.4 * epochs + 0.5) * steps_per_epoch,
                       int(0.7 * epochs + 0.5) * steps_per_epoch]
         schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, [0.1, 0.01, 0.001])
-        return keras.optimizers.SGD(schedule, momentum=0.5, nesterov=True)
+        return optimizers.TorchSGD(schedule, momentum=0.5, nesterov=True)
     if arm == "clr":
         schedule = CyclicalLearningRate(1e-3, 0.1, step_size=max(1, epochs * steps_per_epoch // 4))
-        return keras.optimizers.SGD(schedule, momentum=0.5, nesterov=True)
+        return optimizers.TorchSGD(schedule, momentum=0.5, nesterov=True)
     if arm == "adaptive_nesterov":
         return None
     return optimizers.make_optimizer(config.optimizer, config.learning_rate,
-                                     momentum=config.momentum, use_ema=arm == "ema")
+                                     momentum=config.momentum, use_ema=arm == "ema",
+                                     momentum_form=config.momentum_form)
 
 
 def _wrap(arm, net):
@@ -200,6 +202,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="benchmarks.companions", description=__doc__.split("\n")[0])
     p.add_argument("--recipe", default="digits_small_cnn")
     p.add_argument("--subset", type=int, default=None, help="training examples (stratified)")
+    p.add_argument("--data", default=None, help="data path. Defaults to the recipe's")
     p.add_argument("--epochs", type=int, default=None, help="defaults to the recipe's")
     p.add_argument("--batch-size", type=int, default=None, help="defaults to the recipe's")
     p.add_argument("--arms", default=",".join(a for a in ARMS if a != "augment"),
@@ -222,7 +225,7 @@ def main(argv=None):
         experiment.check_augment(config)  # refused (digits) before anything trains
     epochs = args.epochs or config.epochs
     m = args.batch_size or config.batch_size
-    data = config.load_data(config.data_path, args.subset)
+    data = config.load_data(args.data or config.data_path, args.subset)
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, args.name + ".json")
     saved = json.load(open(json_path)) if os.path.exists(json_path) else {"runs": {}}
