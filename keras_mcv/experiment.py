@@ -329,16 +329,20 @@ def _has_gpu() -> bool:
 def check_anchors(anchors) -> list:
     """`compare`'s anchors as `(optimizer, learning_rate, method)` triples, checked.
 
-    Raises a clear `ValueError` for an unknown optimizer or method.
+    Raises a clear `ValueError` for an unknown optimizer or method, or a
+    method that takes no optimizer.
     """
     triples = [tuple(a) if len(a) == 3 else (*a, "baseline") for a in anchors]
-    for optimizer, _, method in triples:
+    for optimizer, learning_rate, method in triples:
         if optimizer not in optimizer_lib.OPTIMIZERS:
             raise ValueError(
                 f"Unknown anchor optimizer {optimizer!r}; use one of "
                 f"{', '.join(optimizer_lib.OPTIMIZERS)}."
             )
-        registry.get(method)
+        try:
+            check_run_options(method, optimizer, learning_rate=learning_rate)
+        except ValueError as e:
+            raise ValueError(f"anchor {method}/{optimizer}: {e}") from None
     return triples
 
 

@@ -79,6 +79,12 @@ def test_adaptive_nesterov_refuses_optimizer_flags(flags, named):
         experiment.check_run_options("adaptive-nesterov", optimizer, **flags)
 
 
+def test_compare_refuses_an_optimizer_anchor_for_adaptive_nesterov():
+    with pytest.raises(ValueError, match="anchor adaptive-nesterov/adam: --optimizer does not apply"):
+        experiment.check_anchors([("adam", None, "adaptive-nesterov")])
+    assert experiment.check_anchors([("adam", 1e-3)]) == [("adam", 1e-3, "baseline")]
+
+
 def test_augment_is_refused_for_digits_and_defined_for_images():
     with pytest.raises(ValueError, match="does not apply to recipe 'digits_small_cnn': flipping a digit"):
         experiment.check_augment(DIGITS)
@@ -158,6 +164,16 @@ def test_augment_run_trains_on_the_augmented_pipeline(digits, tmp_path):
     assert record["test"]["loss"] == pytest.approx(test["loss"], rel=1e-6)
     plain = run(rgb, tmp_path, config=config)
     assert plain["test"]["loss"] != record["test"]["loss"]
+
+
+def test_race_takes_ema_and_augmentation(digits, tmp_path):
+    rgb = dataclasses.replace(digits, x_train=np.repeat(digits.x_train, 3, axis=-1),
+                              x_test=np.repeat(digits.x_test, 3, axis=-1))
+    record = run(rgb, tmp_path, "race", config=_image_recipe(), ema=True, augment=True)
+    assert record["status"] == "complete" and record["path"].endswith("race_ema_augment.json")
+    assert record["config"]["weight_ema"] is True
+    assert record["config"]["augment"] == ["flip", "translate", "jitter"]
+    assert [len(e["survivors"]) for e in record["epochs"]] == [2, 1]
 
 
 def test_adagrad_is_kerass_rule():
