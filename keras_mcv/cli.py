@@ -170,7 +170,9 @@ def _dest(flag: str) -> str:
 
 def _check_search_flags(args) -> None:
     """Refuse the flags of the other kind of search, by name."""
-    own, other = (_GRID_FLAGS, RANDOM_FLAGS) if args.search == "grid" else (RANDOM_FLAGS, _GRID_FLAGS)
+    own, other = (_GRID_FLAGS, RANDOM_FLAGS)
+    if args.search == "random":
+        own, other = other, own
     given = [f for f in other if getattr(args, _dest(f)) is not None]
     if given:
         raise ValueError(

@@ -202,8 +202,8 @@ def run_method(
     model = entry.build(net, options)
     compiled = {"loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}
     if entry.takes_optimizer:
-        model.compile(optimizer=make_optimizer(config, optimizer, learning_rate, momentum_form, ema),
-                      **compiled)
+        run_optimizer = make_optimizer(config, optimizer, learning_rate, momentum_form, ema)
+        model.compile(optimizer=run_optimizer, **compiled)
         optimizer_lib.build_optimizer(model)
     else:
         model.compile(**compiled)
