@@ -15,19 +15,20 @@ from keras_mcv import methods as registry
 from keras_mcv import optimizers as optimizer_lib
 
 
-def make_optimizer(config, optimizer=None, learning_rate=None, momentum_form=None):
+def make_optimizer(config, optimizer=None, learning_rate=None, momentum_form=None, ema=False):
     """The run's optimizer: the recipe's, or `optimizer` (a name of `optimizers.OPTIMIZERS`).
 
-    `learning_rate` defaults to the recipe's for SGD and Adam, and to Keras's
-    default for ScheduleFreeAdamW (a learning-rate-free anchor run).
+    `learning_rate` defaults to the recipe's for SGD, Adam and AdaGrad, and to
+    Keras's default for ScheduleFreeAdamW (a learning-rate-free anchor run).
     `momentum_form` ("torch" or "keras", SGD only) defaults to the recipe's.
+    `ema` turns on Keras's `use_ema`.
     """
     name = optimizer or config.optimizer
     if learning_rate is None and name != "schedule_free_adamw":
         learning_rate = config.learning_rate
     return optimizer_lib.make_optimizer(
         name, learning_rate, momentum=config.momentum,
-        momentum_form=momentum_form_of(config, momentum_form),
+        momentum_form=momentum_form_of(config, momentum_form), use_ema=ema,
     )
 
 
@@ -38,11 +39,13 @@ def momentum_form_of(config, momentum_form=None) -> str:
     )
 
 
-def check_run_options(method: str, optimizer=None, momentum_form=None, **options) -> tuple:
+def check_run_options(method: str, optimizer=None, momentum_form=None, *, learning_rate=None,
+                      ema=False, **options) -> tuple:
     """Check a method name, its options, an optimizer name and a momentum form before any work.
 
     Returns `(Method, options)` with the method's defaults filled in; raises a
-    clear `ValueError` otherwise.
+    clear `ValueError` otherwise (also for `optimizer`, `learning_rate` or
+    `ema` given to a method that takes no optimizer).
     """
     entry = registry.get(method)
     resolved = entry.resolve_options(**options)
@@ -52,7 +55,30 @@ def check_run_options(method: str, optimizer=None, momentum_form=None, **options
         )
     if momentum_form is not None:
         optimizer_lib.check_momentum_form(momentum_form)
+    if not entry.takes_optimizer:
+        given = [flag for flag, value in (("--optimizer", optimizer), ("--lr", learning_rate),
+                                          ("--ema", ema or None),
+                                          ("--momentum-form", momentum_form)) if value is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} does not apply to method {method!r}: it computes its own "
+                "step and is compiled without an optimizer, so there is no optimizer to "
+                "configure (nor an optimizer's weight average). Remove the flag."
+            )
     return entry, resolved
+
+
+def check_augment(config) -> tuple:
+    """The transforms `--augment` applies to `config`'s recipe, or a clear `ValueError`."""
+    transforms = tuple(getattr(config, "augment", ()) or ())
+    if not transforms:
+        raise ValueError(
+            f"--augment does not apply to recipe {config.name!r}: "
+            + (getattr(config, "augment_note", "") or "it has no augmentation defined").rstrip(".")
+            + "."
+            + " Use an image recipe such as cifar10_small_cnn, or drop --augment."
+        )
+    return transforms
 
 
 class _PrintLR(keras.callbacks.Callback):
@@ -106,6 +132,10 @@ def run_method(
     optimizer=None,
     learning_rate=None,
     momentum_form=None,
+    persistency=None,
+    ema: bool = False,
+    augment: bool = False,
+    callbacks=None,
 ) -> dict:
     """Train `config`'s model with `method`, evaluate on the test set, write a run record.
 
@@ -135,6 +165,16 @@ def run_method(
         learning_rate: override the recipe's learning rate (fixed-LR runs).
         momentum_form: override the recipe's SGD momentum form ("torch" or
             "keras"); a Keras-form SGD run's file name ends in `_kerasmom`.
+        persistency: K updates per minibatch (`PersistencyModel`), for the
+            methods that take it. Defaults to None: standard training.
+        ema: Keras's `use_ema` on the optimizer; `fit` ends with the averaged
+            weights, which the test evaluates, and `keras.callbacks.SwapEMAWeights`
+            evaluates them during `fit`. Defaults to False.
+        augment: train on the recipe's augmentation (`RecipeConfig.augment`:
+            Keras preprocessing layers in the input pipeline); refused for
+            recipes without one. Defaults to False.
+        callbacks: extra callbacks, run before the recorder (whose record
+            then holds the logs they add). Defaults to None.
 
     Returns:
         The run record (also written to `out_dir/<recipe>/<run name>.json`).
@@ -145,9 +185,11 @@ def run_method(
     if candidates is None and "candidates" in entry.options:
         candidates = getattr(config, "candidates", None)
     entry, options = check_run_options(
-        method, optimizer, momentum_form, alpha=alpha, trial_every=trial_every,
-        trial_batch_size=trial_batch_size, candidates=candidates,
+        method, optimizer, momentum_form, learning_rate=learning_rate, ema=ema, alpha=alpha,
+        trial_every=trial_every, trial_batch_size=trial_batch_size, candidates=candidates,
+        persistency=persistency,
     )
+    transforms = check_augment(config) if augment else ()
     epochs = config.epochs if epochs is None else int(epochs)
     m = config.batch_size if batch_size is None else int(batch_size)
     if epochs < 1 or m < 1:
@@ -158,23 +200,27 @@ def run_method(
     keras.utils.set_random_seed(seed)
     net = config.build_model(data.input_shape, data.num_classes)
     model = entry.build(net, options)
-    model.compile(
-        optimizer=make_optimizer(config, optimizer, learning_rate, momentum_form),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    optimizer_lib.build_optimizer(model)
-    # The momentum form is an SGD setting: None for the other optimizers.
-    form = momentum_form_of(config, momentum_form) if (optimizer or config.optimizer) == "sgd" else None
+    compiled = {"loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}
+    if entry.takes_optimizer:
+        run_optimizer = make_optimizer(config, optimizer, learning_rate, momentum_form, ema)
+        model.compile(optimizer=run_optimizer, **compiled)
+        optimizer_lib.build_optimizer(model)
+    else:
+        model.compile(**compiled)
+    # The momentum form is an SGD setting: None for the other optimizers (and none at all).
+    uses_sgd = entry.takes_optimizer and (optimizer or config.optimizer) == "sgd"
+    form = momentum_form_of(config, momentum_form) if uses_sgd else None
     name = entry.run_name(options, optimizer=optimizer, learning_rate=learning_rate,
                           momentum_form=form)
+    name += "_ema" * bool(ema) + "_augment" * bool(augment)
     path = os.path.join(out_dir, config.name, name + ".json")
     run_config = {
         "recipe": config.name, "dataset": data.name, "method": method,
         "alpha": options.get("alpha"),
         "epochs": epochs, "gradient_batch": m, "fit_batch": entry.fit_batch_size(m),
         "train_examples": int(len(data.y_train)), "test_examples": int(len(data.y_test)),
-        "optimizer": optimizer or config.optimizer, "momentum": config.momentum,
+        "optimizer": (optimizer or config.optimizer) if entry.takes_optimizer else None,
+        "momentum": config.momentum if entry.takes_optimizer else model.momentum,
         "momentum_form": form,
         "learning_rate": (
             float(model.optimizer.learning_rate.numpy()) if entry.fixed_lr else None
@@ -183,21 +229,30 @@ def run_method(
         "trial_batch_size": options.get("trial_batch_size"), "seed": seed,
         "candidates": options.get("candidates"),
         "search_options": _search_options(model),
+        "persistency": options.get("persistency"), "weight_ema": bool(ema),
+        "augment": list(transforms) or None,
         "device": "CPU" if not _has_gpu() else "GPU",
     }
     counts_ops = hasattr(model, "ops_counts")
     recorder = mcv_callbacks.RunRecorder(path, config.name, method, run_config,
-                                         kind="mcv" if counts_ops else "baseline")
+                                         kind="mcv" if counts_ops or not entry.takes_optimizer
+                                         else "baseline")
     steps = _StepCount()
-    cbs = [recorder, steps, _PrintLR()]
+    cbs = [*(callbacks or []), recorder, steps, _PrintLR()]
+    if ema:
+        cbs.insert(0, keras.callbacks.SwapEMAWeights())
+    fit_data = {"x": data.x_train, "y": data.y_train, "batch_size": entry.fit_batch_size(m),
+                "shuffle": True}
+    if transforms:
+        from keras_mcv.data import make_dataset
+
+        fit_data = {"x": make_dataset(data.x_train, data.y_train, entry.fit_batch_size(m),
+                                      shuffle=True, augment=transforms, seed=seed),
+                    "shuffle": False}  # the pipeline shuffles
     if entry.selects_per_epoch:
         cbs = mcv_callbacks.default(patience) + cbs
     try:
-        model.fit(
-            data.x_train, data.y_train,
-            batch_size=entry.fit_batch_size(m),
-            epochs=epochs, shuffle=True, verbose=verbose, callbacks=cbs,
-        )
+        model.fit(**fit_data, epochs=epochs, verbose=verbose, callbacks=cbs)
         test = model.evaluate(data.x_test, data.y_test, verbose=0, return_dict=True)
     except KeyboardInterrupt:
         recorder.finish("incomplete")
@@ -207,11 +262,46 @@ def run_method(
         raise
     extra = {}
     if not counts_ops:
-        extra["ops"] = {"forward": steps.steps, "backward": steps.steps, "step": steps.steps}
+        k = options.get("persistency", 1)  # K passes and updates per minibatch
+        extra["ops"] = {"forward": k * steps.steps, "backward": k * steps.steps,
+                        "step": k * steps.steps}
     recorder.finish("complete", test={"loss": float(test["loss"]), "accuracy": float(test["accuracy"])}, **extra)
     record = recorder.record
     record["path"] = path
     return record
+
+
+def check_recipe(config, data, *, gradient: bool = True, gradient_examples: int = 4, seed=0):
+    """The checks before learning on `config`'s network: `(SanityReport, GradientCheckResult)`.
+
+    ```
+    net = config.build_model(...), compiled with the recipe's optimizer and LR
+    report    = practice.sanity_check(net, x_train, y_train)
+    gradients = practice.gradient_check(net, first gradient_examples of x_train)  # or None
+    ```
+
+    Args:
+        config: the recipe.
+        data: its `ArrayData` (a few hundred training examples suffice).
+        gradient: run the gradient check too. Defaults to True.
+        gradient_examples: examples of the gradient check. Defaults to 4.
+        seed: seed of the weights and of the checks' draws. Defaults to 0.
+
+    References: Bakhshi, Training Neural Networks (lecture 09), sections 4.1
+    (gradient checks) and 4.2 (sanity checks before learning).
+    """
+    from keras_mcv import practice
+
+    keras.utils.set_random_seed(seed)
+    net = config.build_model(data.input_shape, data.num_classes)
+    net.compile(optimizer=make_optimizer(config), loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"])
+    report = practice.sanity_check(net, data.x_train, data.y_train, seed=seed)
+    gradients = None
+    if gradient:
+        n = min(int(gradient_examples), len(data.y_train))
+        gradients = practice.gradient_check(net, data.x_train[:n], data.y_train[:n], seed=seed)
+    return report, gradients
 
 
 def macro_dir_name(momentum_form: str) -> str:
@@ -239,16 +329,20 @@ def _has_gpu() -> bool:
 def check_anchors(anchors) -> list:
     """`compare`'s anchors as `(optimizer, learning_rate, method)` triples, checked.
 
-    Raises a clear `ValueError` for an unknown optimizer or method.
+    Raises a clear `ValueError` for an unknown optimizer or method, or a
+    method that takes no optimizer.
     """
     triples = [tuple(a) if len(a) == 3 else (*a, "baseline") for a in anchors]
-    for optimizer, _, method in triples:
+    for optimizer, learning_rate, method in triples:
         if optimizer not in optimizer_lib.OPTIMIZERS:
             raise ValueError(
                 f"Unknown anchor optimizer {optimizer!r}; use one of "
                 f"{', '.join(optimizer_lib.OPTIMIZERS)}."
             )
-        registry.get(method)
+        try:
+            check_run_options(method, optimizer, learning_rate=learning_rate)
+        except ValueError as e:
+            raise ValueError(f"anchor {method}/{optimizer}: {e}") from None
     return triples
 
 

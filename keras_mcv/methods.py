@@ -8,7 +8,8 @@ name -> Method(build(net, options) -> model,   # the model class that runs it
                batch_multiple,                 # fit's batch = multiple x m
                step_cost(K, alpha),            # thesis Table 4.1 row of a trial step
                label, summary,                 # report and `keras-mcv list`
-               options, defaults)              # what it accepts, checked once
+               options, defaults,              # what it accepts, checked once
+               takes_optimizer)                # False: compiled without an optimizer
 ```
 The command line's choices, `experiment.run_method`, the report and the
 benchmarks read this table; nothing else decodes a method name. Adding a
@@ -27,7 +28,7 @@ from typing import Callable, Mapping
 
 from keras_mcv import cost
 
-OPTION_NAMES = ("alpha", "trial_every", "trial_batch_size", "candidates")
+OPTION_NAMES = ("alpha", "trial_every", "trial_batch_size", "candidates", "persistency")
 """Options a method may accept (`Method.options`); each is refused elsewhere."""
 
 _OPTION_FLAGS = {
@@ -35,6 +36,7 @@ _OPTION_FLAGS = {
     "trial_every": "--trial-every",
     "trial_batch_size": "--trial-batch-size",
     "candidates": "--candidates",
+    "persistency": "--persistency",
 }
 
 
@@ -63,6 +65,9 @@ class Method:
         selects_per_epoch: True when the model decides at epoch ends and takes
             the thesis's MCV stopping rule (`callbacks.default`).
         name_options: options that appear in the run record's file name.
+        takes_optimizer: False when the model computes its own update and is
+            compiled without an optimizer (`--optimizer`, `--lr` and `--ema`
+            are then refused). Defaults to True.
     """
 
     name: str
@@ -77,6 +82,7 @@ class Method:
     fixed_lr: bool = False
     selects_per_epoch: bool = True
     name_options: tuple = ()
+    takes_optimizer: bool = True
 
     def fit_batch_size(self, m: int) -> int:
         """The batch `fit` gets for a gradient batch of `m`."""
@@ -132,7 +138,7 @@ def _check_values(options: Mapping) -> None:
     alpha = options.get("alpha")
     if alpha is not None and not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}.")
-    for key in ("trial_every", "trial_batch_size"):
+    for key in ("trial_every", "trial_batch_size", "persistency"):
         value = options.get(key)
         if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
             raise ValueError(f"{_OPTION_FLAGS[key]} must be an integer >= 1, got {value!r}.")
@@ -193,7 +199,11 @@ def _candidate_options(options):
 
 
 def _build_plain(net, options):
-    return net
+    if "persistency" not in options:
+        return net
+    from keras_mcv.models.persistency import PersistencyModel
+
+    return PersistencyModel.wrap(net, persistency=options["persistency"])
 
 
 def _build_discard(net, options):
@@ -239,6 +249,7 @@ _SPLIT = ("trial_every", "trial_batch_size", "candidates")
 register(Method(
     "baseline", "Baseline", "plain Keras training at the optimizer's fixed learning rate",
     _build_plain, fixed_lr=True, selects_per_epoch=False,
+    options=("persistency",), name_options=("persistency",),
 ))
 register(Method(
     "discard", "MCV-discard",
@@ -279,4 +290,17 @@ register(Method(
     "race", "LR race",
     "the learning-rate race: successive halving of candidate LRs over rounds of epochs",
     _build_race, options=("candidates",),
+))
+
+
+def _build_adaptive_nesterov(net, options):
+    from keras_mcv.models.adaptive_nesterov import AdaptiveNesterovModel
+
+    return AdaptiveNesterovModel.wrap(net)
+
+
+register(Method(
+    "adaptive-nesterov", "Adaptive Nesterov",
+    "Nesterov momentum with Polyak's step size computed every step (Mandatelli 2018, Alg. 5)",
+    _build_adaptive_nesterov, selects_per_epoch=False, takes_optimizer=False,
 ))

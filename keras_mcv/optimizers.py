@@ -169,10 +169,10 @@ class TorchSGD(keras.optimizers.Optimizer):
         return config
 
 
-OPTIMIZERS = ("sgd", "adam", "schedule_free_adamw")
+OPTIMIZERS = ("sgd", "adam", "schedule_free_adamw", "adagrad")
 """Names `make_optimizer` accepts."""
 
-DEFAULT_LEARNING_RATES = {"sgd": 0.01, "adam": 0.001}
+DEFAULT_LEARNING_RATES = {"sgd": 0.01, "adam": 0.001, "adagrad": 0.01}
 """The learning rate of a name when none is given (ScheduleFreeAdamW: Keras's default)."""
 
 
@@ -198,6 +198,7 @@ def make_optimizer(
     decay: Optional[float] = None,
     momentum: float = 0.9,
     momentum_form: str = "keras",
+    use_ema: bool = False,
 ):
     """The optimizer called `name`, at `learning_rate`, optionally decayed.
 
@@ -207,6 +208,8 @@ def make_optimizer(
     "sgd", momentum_form "keras" -> keras.optimizers.SGD(lr_t, momentum=momentum)
     "adam"                       -> keras.optimizers.Adam(lr_t)
     "schedule_free_adamw"        -> keras.optimizers.ScheduleFreeAdamW(lr_t)
+    "adagrad"                    -> keras.optimizers.Adagrad(lr_t)
+    use_ema: every one also keeps Keras's exponential moving average of the weights
     ```
 
     Args:
@@ -219,9 +222,15 @@ def make_optimizer(
         momentum: SGD momentum. Defaults to 0.9.
         momentum_form: "torch" or "keras" (`MOMENTUM_FORMS`); only SGD reads
             it. Defaults to "keras" (the recipes pass the thesis's "torch").
+        use_ema: Keras's own `use_ema=True` (momentum 0.99): the optimizer
+            keeps an exponential moving average of the weights, which `fit`
+            copies into the model when it ends; evaluate during training with
+            `keras.callbacks.SwapEMAWeights`. Defaults to False.
 
     References: thesis section 4.5 (the grid's optimizers and decay; its runs
-    used PyTorch's SGD).
+    used PyTorch's SGD); Duchi, Hazan & Singer, Adaptive Subgradient Methods,
+    JMLR 2011 (AdaGrad); Bakhshi, Training Neural Networks (lecture 09),
+    section 5.1 (running average of the parameters).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}.")
@@ -234,12 +243,16 @@ def make_optimizer(
                 lr, decay_steps=1, decay_rate=float(decay)
             )
         kwargs["learning_rate"] = lr
+    if use_ema:
+        kwargs["use_ema"] = True
     if name == "sgd" and momentum_form == "torch":
         return TorchSGD(momentum=momentum, **kwargs)
     if name == "sgd":
         return keras.optimizers.SGD(momentum=momentum, **kwargs)
     if name == "adam":
         return keras.optimizers.Adam(**kwargs)
+    if name == "adagrad":
+        return keras.optimizers.Adagrad(**kwargs)
     return keras.optimizers.ScheduleFreeAdamW(**kwargs)
 
 
