@@ -64,7 +64,10 @@ def method_label(record: dict) -> str:
         if _is_number(config.get("learning_rate")) and optimizer != "schedule_free_adamw":
             label += f" lr={_fmt_g(config['learning_rate'])}"
         return label
-    name = methods.get(method).label if method in methods.REGISTRY else method
+    if method in methods.REGISTRY:
+        name = methods.get(method).label_for(config.get("method_options") or {})
+    else:
+        name = method
     if _takes_alpha(method) and _is_number(config.get("alpha")):
         name += f", α = {_fmt_g(config['alpha'])}"
     if method in methods.REGISTRY and not methods.get(method).thesis:
