@@ -4,7 +4,8 @@ The experiment of Yang & Huang, *Learning Rate Investigation* (2019), section 4,
 on one recipe: its 12 combinations (seq1-seq4 x by epoch, by cutoff, by
 oscillate) with SGD at r0 = the recipe's LR (0.01), its two benchmarks (SGD and
 Adam at a fixed 1e-3), and beside them SGD at a fixed r0, the cyclical LR with
-bounds from the LR range test, and the learning-rate race. Every run holds out
+bounds from the LR range test (and with the range test's suggested LR as the
+maximum, a quarter of it as the base), and the learning-rate race. Every run holds out
 the same stratified 20% of the training set as validation data (the decay
 strategies watch its loss; epochs to convergence are read from its accuracy).
 Writes the run records under OUT/seed<N>/RECIPE and a table in the shape of the
@@ -99,9 +100,31 @@ def plan(recipe_lr):
     runs += [
         ("sgd_r0", "baseline", dict(optimizer="sgd", learning_rate=recipe_lr)),
         ("clr", "clr", {}),
+        ("clr_suggested", "clr", SUGGESTED),
         ("race", "race", {}),
     ]
     return runs
+
+
+SUGGESTED = {"base_lr": "suggestion / 4", "max_lr": "suggestion"}
+"""The second CLR run's bounds, read from the first CLR run's range test: the
+suggestion (a decade below the smoothed loss's minimum) as the maximum and a
+quarter of it as the base (Smith's rule of thumb: base 1/3 to 1/4 of max)."""
+
+
+def resolve(kwargs, clr_path):
+    """`kwargs` with `SUGGESTED`'s bounds filled in from the CLR record at `clr_path`.
+
+    None when that record is not there (yet).
+    """
+    if kwargs is not SUGGESTED:
+        return kwargs
+    from keras_mcv import records
+
+    if clr_path is None or not os.path.exists(clr_path):
+        return None
+    suggestion = records.read_record(clr_path)["config"]["schedule"]["range_test"]["suggestion"]
+    return {"base_lr": suggestion / 4, "max_lr": suggestion}
 
 
 def record_path(out_dir, recipe, method, kwargs):
@@ -126,6 +149,8 @@ def _label(key):
         return "SGD fixed r0"
     if key == "clr":
         return "CLR triangular (range-test bounds)"
+    if key == "clr_suggested":
+        return "CLR triangular (suggestion/4 – suggestion)"
     if key == "race":
         return "LR race"
     return f"{STRATEGY_NAMES[key[0]]} {key[1]}"
@@ -335,28 +360,33 @@ def main(argv=None) -> int:
     runs = plan(config.learning_rate)
     seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
     roots = {seed: os.path.join(args.out, f"seed{seed}") for seed in seeds}
-    paths = {seed: [record_path(root, config.name, method, kwargs) for _, method, kwargs in runs]
-             for seed, root in roots.items()}
-    if not args.table_only:
-        data = None
-        for seed in seeds:
-            for (key, method, kwargs), path in zip(runs, paths[seed]):
-                if os.path.exists(path) and records.read_record(path)["status"] == "complete":
-                    print(f"kept {path}", flush=True)
-                    continue
-                if data is None:
-                    data = config.load_data(args.data, args.subset)
-                record = experiment.run_method(
-                    config, method, epochs=args.epochs, out_dir=roots[seed], seed=seed,
-                    verbose=0, data=data, validation_split=VALIDATION_SPLIT, **kwargs,
-                )
-                print(f"seed {seed} {_label(key)}: test accuracy "
-                      f"{record['test']['accuracy']:.4f} ({record['wall_time_s']:.0f}s) -> "
-                      f"{record['path']}", flush=True)
+    paths = {seed: [] for seed in seeds}
+    data = None
+    for seed in seeds:
+        clr_path = None
+        for key, method, kwargs in runs:
+            kwargs = resolve(kwargs, clr_path)
+            path = None if kwargs is None else record_path(roots[seed], config.name, method, kwargs)
+            clr_path = path if key == "clr" else clr_path
+            paths[seed].append(path)
+            if path is None:
+                continue
+            done = os.path.exists(path) and records.read_record(path)["status"] == "complete"
+            if args.table_only or done:
+                continue
+            if data is None:
+                data = config.load_data(args.data, args.subset)
+            record = experiment.run_method(
+                config, method, epochs=args.epochs, out_dir=roots[seed], seed=seed,
+                verbose=0, data=data, validation_split=VALIDATION_SPLIT, **kwargs,
+            )
+            print(f"seed {seed} {_label(key)}: test accuracy "
+                  f"{record['test']['accuracy']:.4f} ({record['wall_time_s']:.0f}s) -> "
+                  f"{record['path']}", flush=True)
     rows = []
     for i, (key, _, _) in enumerate(runs):
         found = [summarize(records.read_record(paths[s][i])) for s in seeds
-                 if os.path.exists(paths[s][i])]
+                 if paths[s][i] is not None and os.path.exists(paths[s][i])]
         if found:
             rows.append((key, aggregate(found)))
     doc_name = DOCUMENT_TABLE.get(config.name)

@@ -24,7 +24,10 @@ def test_convergence_epoch_counts_as_the_document_does():
 
 def test_plan_and_record_names():
     runs = bench.plan(0.01)
-    assert len(runs) == 2 + 12 + 3
+    assert len(runs) == 2 + 12 + 4
+    assert runs[-2] == ("clr_suggested", "clr", bench.SUGGESTED)
+    assert bench.resolve(bench.SUGGESTED, None) is None
+    runs = [r for r in runs if r[2] is not bench.SUGGESTED]
     names = [os.path.basename(bench.record_path("OUT", "r", m, k)) for _, m, k in runs]
     assert names[:3] == ["baseline_sgd_lr0.001_val0.2.json", "baseline_adam_lr0.001_val0.2.json",
                          "decay_seq1_epoch.json"]
