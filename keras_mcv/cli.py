@@ -1,6 +1,6 @@
 """`keras-mcv` command line: parses arguments, then calls library functions.
 
-Subcommands: run, list, check, tune, compare, report, bench. Nothing heavy is
+Subcommands: run, list, check, lr-find, tune, compare, report, bench. Nothing heavy is
 imported before a subcommand needs it, so `--help` and `list` answer at once.
 """
 
@@ -331,7 +331,7 @@ def _add_run_parsers(sub) -> None:
                    choices=("sgd", "adam", "schedule_free_adamw", "adagrad"),
                    help="override the recipe's optimizer (the record's name says so).")
     p.add_argument("--lr", type=float, default=None,
-                   help="override the recipe's learning rate of fixed-LR runs.")
+                   help="override the recipe's learning rate of fixed-LR runs (decay: r0).")
     _add_momentum_form(p)
     p.add_argument("--persistency", type=positive_int, default=None, metavar="K",
                    help="K updates on each minibatch (minibatch persistency; baseline). "
@@ -341,6 +341,23 @@ def _add_run_parsers(sub) -> None:
     p.add_argument("--augment", action="store_true",
                    help="random flip, 4-pixel translation and brightness/contrast jitter "
                    "(image recipes; refused for digits).")
+    p.add_argument("--validation-split", type=float, default=None,
+                   help="hold out this share of the training set (stratified) as validation "
+                   "data. Defaults to 0.2 for decay, else 0.")
+    g = p.add_argument_group("decay (docs/schedules.md)")
+    g.add_argument("--sequence", default=None, help="seq1, seq2, seq3 or seq4. Defaults to seq3.")
+    g.add_argument("--strategy", default=None,
+                   help="epoch, cutoff or oscillate. Defaults to epoch.")
+    g = p.add_argument_group("clr (docs/schedules.md)")
+    g.add_argument("--clr-mode", default=None,
+                   help="triangular, triangular2 or exp_range. Defaults to triangular.")
+    g.add_argument("--base-lr", type=float, default=None,
+                   help="lower bound. Defaults to the LR range test's.")
+    g.add_argument("--max-lr", type=float, default=None,
+                   help="upper bound. Defaults to the LR range test's.")
+    g.add_argument("--step-size", type=float, default=None,
+                   help="iterations in half a cycle. Defaults to 2-4 epochs' worth, "
+                   "ending the run at the end of a cycle.")
     p.add_argument("--seed", type=int, default=0, help="seed. Defaults to 0.")
     p.add_argument("--out", default=DEFAULT_OUT,
                    help=f"output directory. Defaults to {DEFAULT_OUT}.")
@@ -360,9 +377,12 @@ def _cmd_run(args) -> int:
         candidates = _floats(args.candidates, "--candidates") if args.candidates else None
         options = dict(alpha=args.alpha, trial_every=args.trial_every,
                        trial_batch_size=args.trial_batch_size, candidates=candidates,
-                       persistency=args.persistency)
+                       persistency=args.persistency,
+                       sequence=args.sequence, strategy=args.strategy, clr_mode=args.clr_mode,
+                       base_lr=args.base_lr, max_lr=args.max_lr, step_size=args.step_size)
         experiment.check_run_options(method, args.optimizer, args.momentum_form,
-                                     learning_rate=args.lr, ema=args.ema, **options)
+                                     learning_rate=args.lr, ema=args.ema,
+                                     validation_split=args.validation_split, **options)
         if args.augment:
             experiment.check_augment(config)
         data_path = args.data if args.data is not None else config.data_path
@@ -376,7 +396,8 @@ def _cmd_run(args) -> int:
         config, method, epochs=args.epochs, batch_size=args.batch_size,
         patience=args.patience, out_dir=args.out, seed=args.seed, verbose=args.verbose,
         optimizer=args.optimizer, learning_rate=args.lr, momentum_form=args.momentum_form,
-        data=data, ema=args.ema, augment=args.augment, **options,
+        data=data, ema=args.ema, augment=args.augment,
+        validation_split=args.validation_split, **options,
     )
     test = record["test"]
     print(
@@ -446,9 +467,65 @@ def _cmd_check(args) -> int:
     return 0 if passed else 1
 
 
+def _add_lr_find_parser(sub) -> None:
+    """Add `keras-mcv lr-find RECIPE [--out DIR]`: the LR range test on a fresh network."""
+    p = sub.add_parser(
+        "lr-find",
+        help="LR range test: suggestion and cyclical-LR bounds, with a plot",
+        description="Train RECIPE's fresh network while the learning rate rises from "
+        "--min-lr to --max-lr (one rate per step), restore it, and print the suggested "
+        "LR and the bounds for a cyclical LR; write OUT/RECIPE_lr_find.png (both marked) "
+        "and OUT/RECIPE_lr_find.json.",
+    )
+    p.add_argument("recipe", metavar="RECIPE", help="recipe name (`keras-mcv list`)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory. Defaults to {DEFAULT_OUT}.")
+    p.add_argument("--optimizer", default=None, choices=("sgd", "adam", "schedule_free_adamw"),
+                   help="override the recipe's optimizer.")
+    p.add_argument("--min-lr", type=float, default=None, help="first LR. Defaults to 1e-7.")
+    p.add_argument("--max-lr", type=float, default=None, help="last LR. Defaults to 10.")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps of the sweep. Defaults to one epoch of batches, at least 100.")
+    p.add_argument("--mode", default=None,
+                   help="exponential or linear. Defaults to exponential.")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="batch. Defaults to the recipe's.")
+    p.add_argument("--subset", type=positive_int, default=None,
+                   help="first N training examples, stratified. Defaults to all.")
+    p.add_argument("--data", default=None, help="data path (folder, zip or tfds dir).")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights. Defaults to 0.")
+    p.set_defaults(func=_cmd_lr_find)
+
+
+def _cmd_lr_find(args) -> int:
+    from keras_mcv import data as data_lib
+    from keras_mcv import experiment
+
+    try:
+        config = _load_recipe(args.recipe)
+        data_path = args.data if args.data is not None else config.data_path
+        result, png, js = experiment.lr_find_recipe(
+            config, args.out, optimizer=args.optimizer, batch_size=args.batch_size,
+            subset=args.subset, data_path=data_path, seed=args.seed, min_lr=args.min_lr,
+            max_lr=args.max_lr, steps=args.steps, mode=args.mode,
+        )
+    except (ValueError, data_lib.DataError, FileNotFoundError) as e:
+        print(f"keras-mcv lr-find: {e}", file=sys.stderr)
+        return 2
+    suggestion = "none" if result.suggestion is None else f"{result.suggestion:.3g}"
+    bounds = ("none (no rise)" if result.bounds is None
+              else f"{result.bounds[0]:.3g} to {result.bounds[1]:.3g}")
+    stop = f", stopped: {result.stop_reason}" if result.stop_reason else ""
+    print(f"{config.name}: suggested LR {suggestion}; CLR bounds {bounds} "
+          f"({len(result.learning_rates)} steps{stop})\nwrote {png}\nwrote {js}")
+    return 0
+
+
+
 BENCHMARKS = {
     "step": ("benchmarks.step_bench", "MCV train step on 2m images vs the plain Keras step on m"),
     "e2e": ("benchmarks.e2e", "time to accuracy: macro-CV grid, every method and anchors"),
+    "schedules": ("benchmarks.schedules",
+                  "decay sequences x strategies against fixed SGD/Adam, CLR and the race"),
 }
 """`keras-mcv bench NAME ARGS` runs `main(ARGS)` of the module; `ARGS --help` lists its flags."""
 
@@ -457,7 +534,7 @@ def _add_bench_parser(sub) -> None:
     """Add `keras-mcv bench {step,e2e} [...]`: the benchmarks, which live outside the package."""
     p = sub.add_parser(
         "bench",
-        help="performance benchmarks (step, e2e)",
+        help="benchmarks (step, e2e, schedules)",
         description="Performance benchmarks, timed in one process. "
         + " ".join(f"{name}: {text}." for name, (_, text) in BENCHMARKS.items())
         + " `keras-mcv bench NAME --help` lists a benchmark's flags.",
@@ -569,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     # --- run / list (core) ---
     _add_run_parsers(sub)
     _add_check_parser(sub)
+    _add_lr_find_parser(sub)
     # --- tune (macro-CV baseline) ---
     _add_tune_parser(sub)
     # --- compare / report ---

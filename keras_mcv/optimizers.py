@@ -214,7 +214,8 @@ def make_optimizer(
 
     Args:
         name: one of `OPTIMIZERS`.
-        learning_rate: the (initial) learning rate. Defaults to
+        learning_rate: the (initial) learning rate, or a Keras
+            `LearningRateSchedule` (used as it is). Defaults to
             `DEFAULT_LEARNING_RATES[name]`, or Keras's default for
             ScheduleFreeAdamW (a learning-rate-free anchor at its defaults).
         decay: `InverseTimeDecay` rate per optimizer step (the thesis's
@@ -236,7 +237,11 @@ def make_optimizer(
         raise ValueError(f"Unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}.")
     check_momentum_form(momentum_form)
     kwargs = {}
-    if learning_rate is not None or name in DEFAULT_LEARNING_RATES:
+    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        if decay:
+            raise ValueError("decay applies to a number learning rate; this one is a schedule.")
+        kwargs["learning_rate"] = learning_rate
+    elif learning_rate is not None or name in DEFAULT_LEARNING_RATES:
         lr = float(DEFAULT_LEARNING_RATES[name] if learning_rate is None else learning_rate)
         if decay:
             lr = keras.optimizers.schedules.InverseTimeDecay(

@@ -68,7 +68,10 @@ def method_label(record: dict) -> str:
         if _is_number(config.get("learning_rate")) and optimizer != "schedule_free_adamw":
             label += f" lr={_fmt_g(config['learning_rate'])}"
         return label + (" (Keras momentum)" if keras_form else "") + _extras(config)
-    name = methods.get(method).label if method in methods.REGISTRY else method
+    if method in methods.REGISTRY:
+        name = methods.get(method).label_for(config.get("method_options") or {})
+    else:
+        name = method
     if _takes_alpha(method) and _is_number(config.get("alpha")):
         name += f", α = {_fmt_g(config['alpha'])}"
     entry = methods.REGISTRY.get(method)
