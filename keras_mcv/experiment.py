@@ -233,6 +233,8 @@ def run_method(
         data: an `ArrayData` to use instead of loading (for `compare`).
         optimizer: override the recipe's optimizer (a name of
             `optimizers.OPTIMIZERS`); the record's file name then says so.
+            A ScheduleFreeAdamW run is evaluated at its averaged point
+            (`callbacks.ScheduleFreeEvaluation`).
         learning_rate: override the recipe's learning rate (fixed-LR runs;
             the decay method's r0).
         momentum_form: override the recipe's SGD momentum form ("torch" or
@@ -351,6 +353,9 @@ def run_method(
                     "shuffle": False}  # the pipeline shuffles
     if entry.selects_per_epoch:
         cbs = mcv_callbacks.default(patience) + cbs
+    if isinstance(model.optimizer, keras.optimizers.ScheduleFreeAdamW):
+        # Evaluate (and record) at the averaged point x, as Schedule-Free's authors do.
+        cbs.append(mcv_callbacks.ScheduleFreeEvaluation())
     try:
         model.fit(**fit_data, validation_data=validation, epochs=epochs, verbose=verbose,
                   callbacks=cbs)

@@ -169,6 +169,54 @@ class TorchSGD(keras.optimizers.Optimizer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="keras_mcv")
+class ScheduleFreeAdamW(keras.optimizers.ScheduleFreeAdamW):
+    """`keras.optimizers.ScheduleFreeAdamW` with the averaged point recovered before the step.
+
+    ```
+    x_{t-1} = (y_{t-1} - (1 - beta_1) z_{t-1}) / beta_1       # before z moves
+    v_t = v_{t-1} + (g^2 - v_{t-1}) (1 - beta_2)
+    z_t = z_{t-1} - lr_t g / (sqrt(v_t / (1 - beta_2^t)) + eps)
+    x_t = (1 - 1/t) x_{t-1} + (1/t) z_t
+    y_t = (1 - beta_1) z_t + beta_1 x_t                       # the model's variables
+    ```
+    Keras 3.15's `update_step` reads `z_{t-1}` through the slot variable after
+    it has already stepped it to `z_t` (on the TensorFlow backend the read
+    follows the write), so it recovers `x_{t-1} + (1 - beta_1) / beta_1 (z_{t-1} - z_t)`
+    instead of `x_{t-1}`: every step moves the average a little back up the
+    gradient, which the authors' algorithm does not do. This class takes the
+    read before the step; everything else (arguments, slots, warm-up, `1/t`
+    averaging weights) is Keras's. Evaluate it at `x` with
+    `keras_mcv.callbacks.ScheduleFreeEvaluation`.
+
+    Args: those of `keras.optimizers.ScheduleFreeAdamW`. Defaults to Keras's.
+
+    References: Defazio et al., The Road Less Scheduled, NeurIPS 2024,
+    Algorithm 1 (Schedule-Free AdamW).
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        """One Schedule-Free AdamW step on `variable` (which holds y)."""
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        local_step = ops.cast(self.iterations + 1, variable.dtype)
+        beta_1 = ops.cast(self.beta_1, variable.dtype)
+        beta_2 = ops.cast(self.beta_2, variable.dtype)
+        epsilon = ops.cast(self.epsilon, variable.dtype)
+        if self.warmup_steps > 0:
+            lr = lr * ops.minimum(local_step / ops.cast(self.warmup_steps, variable.dtype), 1.0)
+        # Keras's private slot lists and index (no public accessor), as its own update_step.
+        index = self._get_variable_index(variable)
+        z, velocity = self._momentums[index], self._velocities[index]
+        x_old = ops.divide(ops.subtract(variable, ops.multiply(1 - beta_1, z)), beta_1)
+        self.assign_add(velocity, ops.multiply(ops.subtract(ops.square(gradient), velocity), 1 - beta_2))
+        denom = ops.add(ops.sqrt(velocity / (1 - ops.power(beta_2, local_step))), epsilon)
+        self.assign_sub(z, ops.divide(ops.multiply(lr, gradient), denom))
+        weight = 1.0 / local_step
+        x_new = ops.add(ops.multiply(1 - weight, x_old), ops.multiply(weight, z))
+        self.assign(variable, ops.add(ops.multiply(1 - beta_1, z), ops.multiply(beta_1, x_new)))
+
+
 OPTIMIZERS = ("sgd", "adam", "schedule_free_adamw", "adagrad")
 """Names `make_optimizer` accepts."""
 
@@ -207,7 +255,7 @@ def make_optimizer(
     "sgd", momentum_form "torch" -> TorchSGD(lr_t, momentum=momentum)
     "sgd", momentum_form "keras" -> keras.optimizers.SGD(lr_t, momentum=momentum)
     "adam"                       -> keras.optimizers.Adam(lr_t)
-    "schedule_free_adamw"        -> keras.optimizers.ScheduleFreeAdamW(lr_t)
+    "schedule_free_adamw"        -> ScheduleFreeAdamW(lr_t) (Keras's, x read before the step)
     "adagrad"                    -> keras.optimizers.Adagrad(lr_t)
     use_ema: every one also keeps Keras's exponential moving average of the weights
     ```
@@ -258,7 +306,7 @@ def make_optimizer(
         return keras.optimizers.Adam(**kwargs)
     if name == "adagrad":
         return keras.optimizers.Adagrad(**kwargs)
-    return keras.optimizers.ScheduleFreeAdamW(**kwargs)
+    return ScheduleFreeAdamW(**kwargs)
 
 
 def build_optimizer(model: keras.Model) -> None:

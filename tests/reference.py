@@ -285,3 +285,154 @@ def torch_sgd(params, batches, lrs, kind, **hyper):
     for (x, y), lr in zip(batches, lrs):
         params = opt.apply(params, grad_fn(params, x, y, kind), lr)
         yield params, [b.copy() for b in opt.slots[0]]
+
+
+class ScheduleFree:
+    """Keras 3.15's `ScheduleFreeAdamW` step, with the averaged point x kept explicitly.
+
+    ```
+    t += 1;  lr_t = lr * min(t / warmup_steps, 1)  (lr without warm-up)
+    v = v + (g^2 - v) (1 - beta_2)
+    z = z - lr_t g / (sqrt(v / (1 - beta_2^t)) + eps)
+    x = (1 - 1/t) x + (1/t) z                      (x_0 = z_0 = w_0)
+    y = (1 - beta_1) z + beta_1 x                  (the weights Keras trains)
+    ```
+    Keras recovers x from y and z instead of storing it; this keeps it, as
+    the authors' Algorithm 1 does, so the two forms can be compared.
+    `keras_read_order=True` reproduces `keras.optimizers.ScheduleFreeAdamW` as
+    Keras 3.15 runs it: it recovers x from y and the *stepped* z, so before
+    the averaging x takes `x + (1 - beta_1) / beta_1 (z_old - z_new)`.
+    """
+
+    def __init__(self, params, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-8, warmup_steps=0,
+                 keras_read_order=False):
+        self.keras_read_order = keras_read_order
+        self.lr, self.beta_1, self.beta_2, self.epsilon = lr, beta_1, beta_2, epsilon
+        self.warmup_steps = warmup_steps
+        self.z = [p.copy() for p in params]
+        self.x = [p.copy() for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+        self.t = 0
+
+    def apply(self, params, grads):
+        """One step from the interpolated point `params` (= y); returns the new y."""
+        self.t += 1
+        t = self.t
+        lr = self.lr * (min(t / self.warmup_steps, 1.0) if self.warmup_steps else 1.0)
+        new = []
+        for i, g in enumerate(grads):
+            self.v[i] = self.v[i] + (g * g - self.v[i]) * (1 - self.beta_2)
+            denom = np.sqrt(self.v[i] / (1 - self.beta_2**t)) + self.epsilon
+            z_old = self.z[i]
+            self.z[i] = z_old - lr * g / denom
+            if self.keras_read_order:
+                self.x[i] = self.x[i] + (1 - self.beta_1) / self.beta_1 * (z_old - self.z[i])
+            self.x[i] = (1 - 1 / t) * self.x[i] + (1 / t) * self.z[i]
+            new.append((1 - self.beta_1) * self.z[i] + self.beta_1 * self.x[i])
+        return new
+
+
+def schedule_free(params, batches, lr, kind, **hyper):
+    """ScheduleFreeAdamW on the one-layer model; yields (y, x, z) after every step."""
+    opt = ScheduleFree(params, lr, **hyper)
+    y = [p.copy() for p in params]
+    for xb, yb in batches:
+        y = opt.apply(y, grad_fn(y, xb, yb, kind))
+        yield y, [a.copy() for a in opt.x], [a.copy() for a in opt.z]
+
+
+def course_race(params, opt, epochs, candidates, kind, level_shape="constant",
+                courses=("keep", "cosine"), plan="final"):
+    """The course race (`keras_mcv.models.course_race.CourseRaceModel`), written out.
+
+    The LR of a course on a step and the continuations come from the pure
+    rules (`keras_mcv.rules.course`: `Course.lr_at`, `continue_course`,
+    `distinct`, `spacing`); the rounds, judging and survivors are written out
+    here. `epochs` is a list of lists of batches (the same number each).
+    Yields ("step", [params of each racing branch]) after every step and
+    ("epoch", summary) at each epoch end.
+    """
+    from keras_mcv.rules import course as rules
+
+    steps, total = len(epochs[0]), len(epochs)
+    q = math.sqrt(rules.spacing(candidates))
+    end = steps * total
+    warm_end = steps if level_shape == "warmup" else 0
+    start = opt.state()
+    branches = [(list(params), start, rules.Course(level_shape, c, 0, end, steps, warm_end))
+                for c in candidates]
+    names = [f"{c:g}" for c in candidates]
+    # Rounds after the level race: one to the end ("final"), or 4, 8, ... epochs ("doubling").
+    level_epochs, alive, r = 0, len(candidates), 0
+    while alive > 1:
+        r += 1
+        level_epochs += 2 ** (r - 1)
+        alive = -(-alive // 2)
+    left, course_lengths, r2 = total - level_epochs, [], r + 1
+    while left > 0:
+        length = left if plan == "final" else min(2 ** (r2 - 1), left)
+        course_lengths.append(length)
+        left -= length
+        r2 += 1
+    kind_of_round, round_number, in_round, rows, length = "level", 1, 0, [], None
+    toward, step, finished = 1, 0, False
+    for e, batches in enumerate(epochs):
+        last = e == total - 1
+        for x, y in batches:
+            row, moved = [], []
+            for p, state, course in branches:
+                loss = loss_fn(p, x, y, kind)
+                row.append(loss if np.isfinite(loss) else np.inf)
+                opt.set_state(state)
+                lr = np.float32(course.lr_at(step))
+                p = opt.apply(p, grad_fn(p, x, y, kind), lr)
+                moved.append((p, opt.state(), course))
+            branches = moved
+            rows.append(row)
+            step += 1
+            yield "step", [p for p, _, _ in branches]
+        summary = {"candidates": None, "courses": None, "survivors": None}
+        if finished:
+            lead = branches[0]
+            summary.update(lr=lead[2].lr_at(step), params=lead[0])
+            yield "epoch", summary
+            continue
+        in_round += 1
+        table = np.asarray(rows)
+        judged = table[len(rows) // 2:].mean(axis=0)
+        order = sorted(range(len(branches)), key=lambda j: (judged[j], j))
+        summary.update(candidates=[b[2].lr_at(step) for b in branches], courses=list(names),
+                       candidate_losses=judged)
+        due = 2 ** (round_number - 1) if kind_of_round == "level" else length
+        if in_round == due or last:
+            if kind_of_round == "level":
+                keep = 1 if last else -(-len(branches) // 2)
+                if keep == 1 and len(branches) > 1:
+                    toward = 1 if branches[order[1]][2].lr0 > branches[order[0]][2].lr0 else -1
+            else:
+                keep = 1
+            order = order[:keep]
+            branches, names = [branches[j] for j in order], [names[j] for j in order]
+            summary["survivors"] = [b[2].lr_at(step) for b in branches]
+            round_number, in_round, rows = round_number + 1, 0, []
+            leader = 0
+            if len(branches) == 1:
+                p, state, course = branches[0]
+                nxt = course_lengths.pop(0) if (course_lengths and not last) else None
+                kind_of_round = "course"
+                if nxt is not None and courses:
+                    forks = [rules.continue_course(course, n, step, q, toward) for n in courses]
+                    kept = rules.distinct(forks, step)
+                    if len(kept) > 1:
+                        branches = [(list(p), state, forks[i]) for i in kept]
+                        names = [courses[i] for i in kept]
+                        length = nxt
+                    else:
+                        branches, finished = [(p, state, forks[kept[0]])], True
+                else:
+                    finished = True
+        else:
+            leader = order[0]
+        summary["lr"] = branches[leader][2].lr_at(step)
+        summary["params"] = branches[leader][0]
+        yield "epoch", summary
