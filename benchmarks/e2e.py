@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--patience", type=int, default=3, help="macro-CV patience. Defaults to 3.")
     e.add_argument("--max-epochs", type=int, default=10, help="macro-CV epoch cap. Defaults to 10.")
     e.add_argument("--data", default=None, help="data path (default: the recipe's).")
+    e.add_argument("--momentum-form", default=None, choices=("torch", "keras"),
+                   help="SGD's momentum form: torch (PyTorch's, TorchSGD: the thesis's) or "
+                   "keras (keras.optimizers.SGD). Defaults to the recipe's (torch).")
     e.add_argument("--out", default="saved_runs/benchmarks/e2e",
                    help="Defaults to saved_runs/benchmarks/e2e.")
     return e
@@ -54,7 +57,7 @@ def main(argv=None) -> int:
         config, epochs=args.epochs, subset=args.subset, data_path=args.data,
         macro_settings={"repeats": args.repeats, "patience": args.patience,
                         "max_epochs": args.max_epochs},
-        anchors=E2E_ANCHORS, out_dir=args.out,
+        anchors=E2E_ANCHORS, out_dir=args.out, momentum_form=args.momentum_form,
     )
     print(report.markdown)
     for path in report.files:

@@ -217,16 +217,26 @@ class ScheduleFreeAdamW(keras.optimizers.ScheduleFreeAdamW):
         self.assign(variable, ops.add(ops.multiply(1 - beta_1, z), ops.multiply(beta_1, x_new)))
 
 
-OPTIMIZERS = ("sgd", "adam", "schedule_free_adamw")
+OPTIMIZERS = ("sgd", "adam", "schedule_free_adamw", "adagrad")
 """Names `make_optimizer` accepts."""
 
-DEFAULT_LEARNING_RATES = {"sgd": 0.01, "adam": 0.001}
+DEFAULT_LEARNING_RATES = {"sgd": 0.01, "adam": 0.001, "adagrad": 0.01}
 """The learning rate of a name when none is given (ScheduleFreeAdamW: Keras's default)."""
 
 
 MOMENTUM_FORMS = ("torch", "keras")
 """How "sgd" keeps its momentum: "torch" (`TorchSGD`, gradient units: the thesis's
 PyTorch runs) or "keras" (`keras.optimizers.SGD`, weight units)."""
+
+
+def check_momentum_form(momentum_form: str) -> str:
+    """`momentum_form` if it is one of `MOMENTUM_FORMS`, else a ValueError naming the choices."""
+    if momentum_form not in MOMENTUM_FORMS:
+        raise ValueError(
+            f"Unknown momentum form {momentum_form!r}; use 'torch' (PyTorch's SGD, the "
+            "thesis) or 'keras' (keras.optimizers.SGD)."
+        )
+    return momentum_form
 
 
 def make_optimizer(
@@ -236,6 +246,7 @@ def make_optimizer(
     decay: Optional[float] = None,
     momentum: float = 0.9,
     momentum_form: str = "keras",
+    use_ema: bool = False,
 ):
     """The optimizer called `name`, at `learning_rate`, optionally decayed.
 
@@ -245,11 +256,14 @@ def make_optimizer(
     "sgd", momentum_form "keras" -> keras.optimizers.SGD(lr_t, momentum=momentum)
     "adam"                       -> keras.optimizers.Adam(lr_t)
     "schedule_free_adamw"        -> ScheduleFreeAdamW(lr_t) (Keras's, x read before the step)
+    "adagrad"                    -> keras.optimizers.Adagrad(lr_t)
+    use_ema: every one also keeps Keras's exponential moving average of the weights
     ```
 
     Args:
         name: one of `OPTIMIZERS`.
-        learning_rate: the (initial) learning rate. Defaults to
+        learning_rate: the (initial) learning rate, or a Keras
+            `LearningRateSchedule` (used as it is). Defaults to
             `DEFAULT_LEARNING_RATES[name]`, or Keras's default for
             ScheduleFreeAdamW (a learning-rate-free anchor at its defaults).
         decay: `InverseTimeDecay` rate per optimizer step (the thesis's
@@ -257,31 +271,41 @@ def make_optimizer(
         momentum: SGD momentum. Defaults to 0.9.
         momentum_form: "torch" or "keras" (`MOMENTUM_FORMS`); only SGD reads
             it. Defaults to "keras" (the recipes pass the thesis's "torch").
+        use_ema: Keras's own `use_ema=True` (momentum 0.99): the optimizer
+            keeps an exponential moving average of the weights, which `fit`
+            copies into the model when it ends; evaluate during training with
+            `keras.callbacks.SwapEMAWeights`. Defaults to False.
 
     References: thesis section 4.5 (the grid's optimizers and decay; its runs
-    used PyTorch's SGD).
+    used PyTorch's SGD); Duchi, Hazan & Singer, Adaptive Subgradient Methods,
+    JMLR 2011 (AdaGrad); Bakhshi, Training Neural Networks (lecture 09),
+    section 5.1 (running average of the parameters).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}.")
-    if momentum_form not in MOMENTUM_FORMS:
-        raise ValueError(
-            f"Unknown momentum form {momentum_form!r}; use 'torch' (PyTorch's SGD, the "
-            "thesis) or 'keras' (keras.optimizers.SGD)."
-        )
+    check_momentum_form(momentum_form)
     kwargs = {}
-    if learning_rate is not None or name in DEFAULT_LEARNING_RATES:
+    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        if decay:
+            raise ValueError("decay applies to a number learning rate; this one is a schedule.")
+        kwargs["learning_rate"] = learning_rate
+    elif learning_rate is not None or name in DEFAULT_LEARNING_RATES:
         lr = float(DEFAULT_LEARNING_RATES[name] if learning_rate is None else learning_rate)
         if decay:
             lr = keras.optimizers.schedules.InverseTimeDecay(
                 lr, decay_steps=1, decay_rate=float(decay)
             )
         kwargs["learning_rate"] = lr
+    if use_ema:
+        kwargs["use_ema"] = True
     if name == "sgd" and momentum_form == "torch":
         return TorchSGD(momentum=momentum, **kwargs)
     if name == "sgd":
         return keras.optimizers.SGD(momentum=momentum, **kwargs)
     if name == "adam":
         return keras.optimizers.Adam(**kwargs)
+    if name == "adagrad":
+        return keras.optimizers.Adagrad(**kwargs)
     return ScheduleFreeAdamW(**kwargs)
 
 

@@ -21,7 +21,9 @@ Non-finite floats are written as null, so every record is strict JSON.
 
 `method` is a name of the method registry (`keras_mcv.methods`), e.g. `"baseline"`
 (optimizer in `config["optimizer"]`) or `"search2"` (alpha in `config["alpha"]`), or
-any other string (shown as is). `ops` counts whole-run forward, backward and step operations
+any other string (shown as is). `config["momentum_form"]` is SGD's momentum form,
+`"torch"` (PyTorch's, `TorchSGD`) or `"keras"` (`keras.optimizers.SGD`), and None for
+other optimizers; an SGD record without the key predates it and ran Keras's form. `ops` counts whole-run forward, backward and step operations
 (thesis Table 4.1 times steps); it may be null when not counted. A record still
 `"running"` when read back belongs to a process that died: the report shows it as
 incomplete. `"failed"` records may carry an `"error"` string.

@@ -51,28 +51,88 @@ def _fmt_g(value) -> str:
 def method_label(record: dict) -> str:
     """The thesis's display name of a record's method, e.g. "Method 2, α = 0.5".
 
+    SGD runs in Keras's momentum form (not the thesis's PyTorch form) say so:
+    "Baseline SGD lr=0.01 (Keras momentum)".
+
     Args:
         record: a run record (for macro records, see `results_rows`).
     """
     method = record.get("method", "")
     config = record.get("config") or {}
+    keras_form = keras_momentum(record)
     if record.get("kind") == "macro":
-        return "Macro-CV grid"
+        return macro_label(record)
     if record.get("kind") == "baseline":
         optimizer = str(config.get("optimizer", "sgd"))
         label = f"Baseline {_optimizer_name(optimizer)}"
         if _is_number(config.get("learning_rate")) and optimizer != "schedule_free_adamw":
             label += f" lr={_fmt_g(config['learning_rate'])}"
-        return label
-    name = methods.get(method).label if method in methods.REGISTRY else method
+        return label + (" (Keras momentum)" if keras_form else "") + _extras(config)
+    if method in methods.REGISTRY:
+        name = methods.get(method).label_for(config.get("method_options") or {})
+    else:
+        name = method
     if _takes_alpha(method) and _is_number(config.get("alpha")):
         name += f", α = {_fmt_g(config['alpha'])}"
-    if method in methods.REGISTRY and not methods.get(method).thesis:
+    entry = methods.REGISTRY.get(method)
+    if entry is not None and not entry.thesis and entry.takes_optimizer:
         # Beyond-the-thesis methods ran with either optimizer: say which.
-        name += f" ({_optimizer_name(str(config.get('optimizer', 'sgd')))})"
+        optimizer = _optimizer_name(str(config.get("optimizer", "sgd")))
+        name += f" ({optimizer}, Keras momentum)" if keras_form else f" ({optimizer})"
+    elif keras_form:
+        name += " (Keras momentum)"
     if _is_number(config.get("trial_batch_size")):
         name += f", trial batch {int(config['trial_batch_size'])}"
-    return name
+    return name + _extras(config)
+
+
+def _extras(config) -> str:
+    """What `--persistency`, `--ema` and `--augment` add to a run, for its label."""
+    text = ""
+    if _is_number(config.get("persistency")):
+        text += f", persistency K = {int(config['persistency'])}"
+    if config.get("weight_ema"):
+        text += " + EMA"
+    if config.get("augment"):
+        text += " + augmentation"
+    return text
+
+
+def keras_momentum(record: dict) -> bool:
+    """Whether a record's SGD ran in Keras's momentum form (not PyTorch's, the thesis's).
+
+    `config["momentum_form"]` says so; a record that has SGD and no such key
+    predates the key, when every SGD run used `keras.optimizers.SGD`. For a
+    macro-CV record, `config` is the grid's settings and counts when they list
+    "sgd" among their optimizers.
+
+    Args:
+        record: a run record.
+    """
+    config = record.get("config") or {}
+    if record.get("kind") == "macro":
+        uses_sgd = "sgd" in (config.get("optimizers") or ())
+    else:
+        uses_sgd = str(config.get("optimizer", "sgd")) == "sgd"
+    return uses_sgd and config.get("momentum_form", "keras") == "keras"
+
+
+def macro_label(record: dict) -> str:
+    """A macro-CV record's row name, e.g. "Macro-CV grid (winner: SGD lr=0.01, decay=0.001)".
+
+    A grid of SGD rows only says "SGD only"; a Keras-form grid says "Keras momentum".
+
+    Args:
+        record: a record of kind "macro".
+    """
+    config = record.get("config") or {}
+    label = "Macro-CV grid"
+    if list(config.get("optimizers") or ()) == ["sgd"]:
+        label += ", SGD only"
+    if keras_momentum(record):
+        label += ", Keras momentum"
+    win = _winner_row(record)
+    return label + (f" (winner: {_winner_text(win)})" if win else "")
 
 
 def _takes_alpha(method: str) -> bool:
@@ -82,6 +142,7 @@ def _takes_alpha(method: str) -> bool:
 def _optimizer_name(name: str) -> str:
     return {
         "sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "schedule_free_adamw": "ScheduleFreeAdamW",
+        "adagrad": "AdaGrad",
     }.get(name.lower(), name)
 
 
@@ -180,7 +241,8 @@ def _sort_key(record):
         rank = methods.order(method)
     alpha = (record.get("config") or {}).get("alpha")
     alpha = alpha if _is_number(alpha) and _takes_alpha(method) else 0.0
-    return (rank, method, alpha, record.get("started", ""))
+    # A Keras-form run follows its PyTorch-form (the thesis's) counterpart.
+    return (rank, method, alpha, keras_momentum(record), record.get("started", ""))
 
 
 def results_rows(records) -> list:
@@ -198,12 +260,9 @@ def results_rows(records) -> list:
         suffix = _status_suffix(record)
         if record["kind"] == "macro":
             win = _winner_row(record) or {}
-            label = "Macro-CV grid"
-            if win:
-                label += f" (winner: {_winner_text(win)})"
             rows.append(
                 {
-                    "Method": label + suffix,
+                    "Method": macro_label(record) + suffix,
                     "Epochs": _fmt_epochs(win.get("mean_epochs")),
                     "Test loss": _fmt_loss(win.get("test_loss")),
                     "Test acc.": _fmt_acc(win.get("test_accuracy")),
@@ -287,10 +346,6 @@ def _safe_name(name: str) -> str:
 
 def _run_label(record, counts) -> str:
     label = method_label(record) + _status_suffix(record)
-    if record["kind"] == "macro":
-        win = _winner_row(record)
-        label = "Macro-CV grid" + (f" ({_winner_text(win)})" if win else "")
-        label += _status_suffix(record)
     counts[label] = counts.get(label, 0) + 1
     return label if counts[label] == 1 else f"{label} #{counts[label]}"
 

@@ -25,6 +25,11 @@ class RecipeConfig:
         optimizer: a name of `keras_mcv.optimizers.OPTIMIZERS`. Defaults to
             "sgd".
         momentum: SGD momentum. Defaults to 0.9.
+        momentum_form: how SGD keeps its momentum (a name of
+            `keras_mcv.optimizers.MOMENTUM_FORMS`): "torch", PyTorch's
+            buffer of gradients (`TorchSGD`, what the thesis ran), or
+            "keras", `keras.optimizers.SGD`'s velocity of weight steps.
+            Defaults to "torch".
         learning_rate: the LR of fixed-LR runs (baseline, MCV-discard).
             Defaults to 0.01.
         method: the method of `keras-mcv run` without `--method` (a name of
@@ -35,6 +40,12 @@ class RecipeConfig:
         patience: MCV stopping patience in epochs. Defaults to 20.
         data_path: default `--data` location, or None.
         description: one line for `keras-mcv list`.
+        augment: the transforms `--augment` applies, names of
+            `keras_mcv.data.AUGMENT_TRANSFORMS` ("flip", "translate",
+            "jitter"); empty when the recipe cannot be augmented, and
+            `--augment` is then refused. Defaults to ().
+        augment_note: why the recipe leaves a transform out (or has none),
+            shown when `--augment` is refused. Defaults to "".
     """
 
     name: str
@@ -44,9 +55,12 @@ class RecipeConfig:
     epochs: int = 100
     optimizer: str = "sgd"
     momentum: float = 0.9
+    momentum_form: str = "torch"
     learning_rate: float = 0.01
     method: str = "race"
     candidates: Optional[tuple] = None
     patience: int = 20
     data_path: Optional[str] = None
     description: str = ""
+    augment: tuple = ()
+    augment_note: str = ""

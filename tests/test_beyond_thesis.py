@@ -20,6 +20,8 @@ def test_trial_lr_scale():
     assert selection.trial_lr_scale("sgd", 0.5) == 2.0
     assert selection.trial_lr_scale("adam", 0.0) == 1.0
     assert selection.trial_lr_scale("rmsprop") == 1.0
+    # PyTorch's form: the step at c already multiplies the whole buffer.
+    assert selection.trial_lr_scale("torchsgd", 0.9) == 1.0
     with pytest.raises(ValueError, match="momentum"):
         selection.trial_lr_scale("sgd", 1.0)
 
@@ -96,6 +98,36 @@ def test_lr_average_and_update_ratio():
         selection.update_trial_ratio(0.1, 0.0)
 
 
+def test_torch_step_fill_by_hand():
+    # Without dampening the buffer's weight after s steps is 1 + 0.9 + ... + 0.9^(s-1),
+    # a share 1 - 0.9^s of its steady state 10.
+    assert selection.torch_step_fill(1, 0.9) == pytest.approx(0.1)
+    assert selection.torch_step_fill(2, 0.9) == pytest.approx(0.19)
+    # Dampening 0.5: n_1 = 1 (the first step is undamped), n_2 = 0.9 + 0.5; n_inf = 5.
+    assert selection.torch_step_fill(1, 0.9, 0.5) == pytest.approx(0.2)
+    assert selection.torch_step_fill(2, 0.9, 0.5) == pytest.approx(1.4 / 5)
+    # Nesterov steps along g + 0.9 buf: weight 1 + 0.9 n_s, steady state 1 + 0.9 * 10.
+    assert selection.torch_step_fill(1, 0.9, nesterov=True) == pytest.approx(1.9 / 10)
+    assert selection.torch_step_fill(7, 0.0) == 1.0
+    assert selection.torch_lr_average(0.3, 2, 0.9) == pytest.approx(0.3 * 0.19)
+
+
+def test_torch_step_fill_is_the_buffers_recursion():
+    for beta, d, nesterov in [(0.9, 0.0, False), (0.5, 0.3, False), (0.99, 0.0, True)]:
+        n, n_inf = 1.0, (1 - d) / (1 - beta)
+        for steps in range(1, 60):
+            want = (1 + beta * n) / (1 + beta * n_inf) if nesterov else n / n_inf
+            assert selection.torch_step_fill(steps, beta, d, nesterov) == pytest.approx(want, rel=1e-12)
+            n = beta * n + (1 - d)
+
+
+@pytest.mark.parametrize("kwargs", [dict(momentum=1.0), dict(momentum=0.9, dampening=1.0),
+                                    dict(steps=0, momentum=0.9)])
+def test_torch_step_fill_refuses_what_has_no_steady_state(kwargs):
+    with pytest.raises(ValueError, match="steady state|steps"):
+        selection.torch_step_fill(kwargs.pop("steps", 1), **kwargs)
+
+
 def test_fraction_select():
     candidates = [0.5, 0.2, 0.1, 0.05]
     # gains with pre = 2.0: 0.2, 0.9, 1.0, 0.6 -> best 1.0; half: >= 0.5.
@@ -114,6 +146,7 @@ def test_fraction_select():
 # ------------------------------------------------------------------ in the model
 
 import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 import keras_mcv  # noqa: E402
 
@@ -132,8 +165,12 @@ def _softmax_model(optimizer="sgd", seed=1, **kwargs):
     inputs = keras.Input((D,))
     outputs = keras.layers.Dense(C, activation="softmax")(inputs)
     model = keras_mcv.SearchModel(inputs, outputs, **kwargs)
-    opt = (keras.optimizers.SGD(learning_rate=0.01, momentum=0.9) if optimizer == "sgd"
-           else keras.optimizers.Adam(learning_rate=0.001))
+    if optimizer == "sgd":
+        opt = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
+    elif optimizer == "adam":
+        opt = keras.optimizers.Adam(learning_rate=0.001)
+    else:
+        opt = optimizer
     model.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
     return model
 
@@ -172,6 +209,93 @@ def test_update_trials_match_reference(optimizer, horizon):
         np.testing.assert_allclose(entry["candidate_val_losses"], expected, rtol=2e-4)
         assert entry["pre_loss"] == pytest.approx(_np_loss(*w0, *val), rel=1e-5)
     assert model.ops_counts()["step"] == 2  # the actual step only
+
+
+@pytest.mark.parametrize("nesterov,dampening", [(False, 0.0), (True, 0.0), (False, 0.5)])
+def test_update_trials_torch_form_match_reference(nesterov, dampening):
+    """TorchSGD: each trial is the steady-state step of its candidate along the
+    buffer's normalised direction, computed here from PyTorch's rule in NumPy
+    (no rescaled `w1 - w0`), over two epochs of 4 steps with the LR changing
+    between them; the next LR follows Method 1 on these losses."""
+    from keras_mcv.rules import thesis as thesis_rules
+    from tests import reference
+
+    beta = 0.9
+    x, y = _data()
+    candidates = [0.3, 0.1, 0.03]
+    opt = keras_mcv.TorchSGD(0.01, momentum=beta, nesterov=nesterov, dampening=dampening)
+    model = _softmax_model(opt, trial_step="update", candidates=candidates)
+    params = [v.numpy().astype("float64") for v in model.trainable_variables]
+    model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+
+    torch = reference.TorchSGD(params, momentum=beta, dampening=dampening, nesterov=nesterov)
+    n, n_inf = 0.0, (1 - dampening) / (1 - beta)
+    weight = (lambda n: 1 + beta * n) if nesterov else (lambda n: n)
+    lr = min(candidates)
+    for entry in model.mcv_history:
+        assert entry["candidates"] == pytest.approx(candidates, rel=1e-12)
+        sums, pre = np.zeros(len(candidates)), 0.0
+        for i in range(0, N, 16):
+            (x1, y1), (x2, y2) = reference.split(x[i:i + 16].astype("float64"), y[i:i + 16])
+            pre += reference.loss_fn(params, x2, y2, "ce")
+            g = reference.grad_fn(params, x1, y1, "ce")
+            n = 1.0 if torch.iterations == 0 else beta * n + (1 - dampening)
+            new = torch.apply(params, g, lr)
+            direction = [g_ + beta * b if nesterov else b for g_, b in zip(g, torch.slots[0])]
+            for k, c in enumerate(candidates):
+                trial = [p - c * weight(n_inf) * d / weight(n) for p, d in zip(params, direction)]
+                sums[k] += reference.loss_fn(trial, x2, y2, "ce")
+            params = new
+        np.testing.assert_allclose(entry["candidate_val_losses"], sums / 4, rtol=2e-5)
+        assert entry["lr"] == pytest.approx(lr, rel=1e-7)
+        lr = thesis_rules.select_lr(1, candidates, sums / 4, sums / 4, pre / 4)
+        candidates = list(thesis_rules.candidate_list(lr))
+    assert model.mcv_history[0]["next_lr"] != model.mcv_history[0]["lr"], "the LR must change"
+    for a, b in zip(model.trainable_variables, params):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-6)
+
+
+def test_update_trials_agree_across_forms_at_a_constant_lr():
+    """In the first epoch (one LR) both momentum forms take the same steps and
+    both rescale them to the same steady state: the same trial losses."""
+    x, y = _data()
+    runs = []
+    for opt in (keras.optimizers.SGD(0.01, momentum=0.9), keras_mcv.TorchSGD(0.01, momentum=0.9)):
+        model = _softmax_model(opt, trial_step="update", candidates=[0.3, 0.1, 0.03])
+        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        runs.append(model.mcv_history[0]["candidate_val_losses"])
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
+
+
+def test_torch_step_fill_in_graph_matches_the_rule():
+    from keras_mcv.models.search import torch_step_fill
+
+    for steps in (1, 2, 5, 40):
+        for beta, d, nesterov in [(0.9, 0.0, False), (0.5, 0.3, False), (0.9, 0.0, True), (0.0, 0.0, False)]:
+            got = float(torch_step_fill(tf.constant(steps, tf.int64), beta, d, nesterov))
+            assert got == pytest.approx(selection.torch_step_fill(steps, beta, d, nesterov), rel=1e-12)
+
+
+def test_effective_trials_are_raw_trials_for_torch_sgd():
+    x, y = _data()
+    losses = []
+    for step in ("effective", "raw"):
+        model = _softmax_model(keras_mcv.TorchSGD(0.01, momentum=0.9), trial_step=step,
+                               candidates=[0.03, 0.01, 0.003])
+        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        losses.append(model.mcv_history[0]["candidate_val_losses"])
+    np.testing.assert_array_equal(losses[0], losses[1])
+
+
+@pytest.mark.parametrize("trial_step, optimizer", [
+    ("update", lambda: keras_mcv.TorchSGD(0.01, momentum=1.0)),
+    ("update", lambda: keras_mcv.TorchSGD(0.01, momentum=0.9, dampening=1.0)),
+    ("update", lambda: keras.optimizers.SGD(0.01, momentum=1.0)),
+    ("effective", lambda: keras.optimizers.SGD(0.01, momentum=1.0)),
+])
+def test_scaled_trials_refuse_a_momentum_without_steady_state(trial_step, optimizer):
+    with pytest.raises(ValueError, match="steady state"):
+        _softmax_model(optimizer(), trial_step=trial_step)
 
 
 def test_effective_trials_are_raw_trials_at_scaled_lrs():

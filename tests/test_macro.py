@@ -180,6 +180,46 @@ def test_make_optimizer_decay_is_inverse_time():
     assert isinstance(optimizers.make_optimizer("adam", 1e-3), keras.optimizers.Adam)
 
 
+def test_make_optimizer_momentum_forms():
+    torch = optimizers.make_optimizer("sgd", 0.1, decay=1e-3, momentum_form="torch")
+    assert isinstance(torch, optimizers.TorchSGD) and torch.momentum == 0.9
+    torch.iterations.assign(10)
+    assert float(torch.learning_rate) == pytest.approx(0.1 / (1 + 1e-3 * 10))
+    with pytest.raises(ValueError, match="momentum form 'pytorch'"):
+        optimizers.make_optimizer("sgd", 0.1, momentum_form="pytorch")
+
+
+class OptimizerSeen(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_begin(self, logs=None):
+        self.seen.append(type(self.model.optimizer).__name__)
+
+
+def test_momentum_form_reaches_every_fit_and_the_fingerprint(job, digits, tmp_path):
+    """The grid's SGD is PyTorch's form by default (every split run and retrain);
+    the form is recorded, and a project made with the other form is refused."""
+    grid = dict(batch_size=64, optimizers=("sgd",), learning_rates=(0.1,), decays=(1e-2,),
+                repeats=1, patience=1, max_epochs=1, project_dir=str(tmp_path / "tuner"))
+    seen = OptimizerSeen()
+    result = macro.run_macro_cv(job.build, digits, callbacks=[seen], **grid)
+    assert seen.seen == ["TorchSGD"] * 4  # 2 configurations x (1 split + retrain)
+    assert result.settings["momentum_form"] == "torch"
+    assert "PyTorch's momentum form" in result.to_markdown()
+    with pytest.raises(ValueError, match="other settings"):
+        macro.run_macro_cv(job.build, digits, momentum_form="keras", **grid)
+    keras_seen = OptimizerSeen()
+    macro.run_macro_cv(job.build, digits, momentum_form="keras", callbacks=[keras_seen],
+                       **dict(grid, project_dir=str(tmp_path / "keras")))
+    assert keras_seen.seen == ["SGD"] * 4
+    with pytest.raises(ValueError, match="momentum form"):
+        macro.run_macro_cv(job.build, digits, momentum_form="Torch",
+                           **dict(grid, project_dir=str(tmp_path / "bad")))
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -593,7 +633,9 @@ def test_cli_tune_runs_and_writes_record(fake_recipes, tmp_path, capsys):
     record = record_lib.read_record(out / macro.RECORD_NAME)
     assert record["recipe"] == "fake_digits" and len(record["rows"]) == 2
     assert record["config"]["batch_size"] == 64  # the recipe's
+    assert record["config"]["momentum_form"] == "torch"  # the recipe's: the thesis's
     assert "| Momentum SGD | 0.1 |" in printed and "winner:" in printed
+    assert "PyTorch's momentum form" in printed
     assert "total wall time" in printed
     assert (out / "tuner" / macro.PROJECT_NAME / "oracle.json").exists()
 
@@ -605,6 +647,7 @@ def test_cli_tune_runs_and_writes_record(fake_recipes, tmp_path, capsys):
         (["--repeats", "0"], "repeats"),
         (["--optimizers", "rmsprop"], "rmsprop"),
         (["--decays", "0"], "decays"),
+        (["--momentum-form", "pytorch"], "--momentum-form"),
     ],
 )
 def test_cli_tune_rejects_bad_arguments(fake_recipes, tmp_path, capsys, argv, match):
@@ -614,6 +657,22 @@ def test_cli_tune_rejects_bad_arguments(fake_recipes, tmp_path, capsys, argv, ma
     assert code == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "tuner").exists()
+
+
+def test_cli_tune_keras_form_goes_to_its_own_directory(fake_recipes, tmp_path, capsys,
+                                                        monkeypatch):
+    from keras_mcv import cli
+
+    monkeypatch.chdir(tmp_path)
+    code = cli.main([
+        "tune", "fake_digits", "--optimizers", "sgd", "--lrs", "0.1", "--decays", "none",
+        "--repeats", "1", "--patience", "1", "--max-epochs", "1", "--momentum-form", "keras",
+        "--verbose", "0",
+    ])
+    assert code == 0, capsys.readouterr().err
+    record = record_lib.read_record(tmp_path / "runs" / "fake_digits" / "macro_kerasmom"
+                                    / macro.RECORD_NAME)
+    assert record["config"]["momentum_form"] == "keras"
 
 
 def test_cli_tune_unknown_recipe(fake_recipes, capsys):

@@ -11,6 +11,7 @@ from keras_mcv import methods
 def test_registry_names_and_order():
     assert methods.names() == (
         "baseline", "discard", "voting", "search1", "search2", "search3", "tuned", "race", "course",
+        "adaptive-nesterov", "decay", "clr",
     )
     assert [methods.order(n) for n in methods.names()] == list(range(len(methods.names())))
     assert methods.order("not_registered") == len(methods.names())
@@ -55,6 +56,11 @@ def test_run_names():
         "baseline_adam_lr0.001"
     )
     assert methods.get("voting").run_name({"trial_batch_size": 8}) == "voting_tbs8"
+    # PyTorch's momentum form (the thesis's, the default) keeps the plain name.
+    assert methods.get("search1").run_name({}, momentum_form="torch") == "search1"
+    assert methods.get("search2").run_name({"alpha": 0.5}, momentum_form="keras") == (
+        "search2_alpha0.5_kerasmom"
+    )
 
 
 def test_register_refuses_duplicates_and_unknown_options():

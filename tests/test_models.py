@@ -36,13 +36,18 @@ def build(cls, kind="ce", optimizer="sgd", seed=1, **kwargs):
         outputs = keras.layers.Reshape(())(outputs)
         loss = "mse"
     model = cls(inputs, outputs, **kwargs)
-    opt = (
-        keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
-        if optimizer == "sgd"
-        else keras.optimizers.Adam(learning_rate=0.001)
-    )
-    model.compile(optimizer=opt, loss=loss)
+    model.compile(optimizer=OPTIMIZERS[optimizer](), loss=loss)
     return model
+
+
+OPTIMIZERS = {
+    # "sgd": Keras's momentum form (velocity in weight units); "torch": PyTorch's
+    # (buffer in gradient units, the thesis's runs). Same trajectory at a constant
+    # LR, different trials when the candidate LR changes.
+    "sgd": lambda: keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
+    "torch": lambda: keras_mcv.TorchSGD(learning_rate=0.01, momentum=0.9),
+    "adam": lambda: keras.optimizers.Adam(learning_rate=0.001),
+}
 
 
 class Capture(keras.callbacks.Callback):
@@ -53,10 +58,10 @@ class Capture(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         m = self.model
-        # Reference order: all momentums, then all velocities (Adam).
+        # Reference order: all momentums (TorchSGD: buffers), then all velocities (Adam).
         slots = [
             v.numpy().copy()
-            for kind in ("_momentum", "_velocity")
+            for kind in ("_momentum", "_momentum_buffer", "_velocity")
             for v in m.optimizer.variables
             if v.path.endswith(kind)
         ]
@@ -71,7 +76,10 @@ def batches_of(x, y):
 def ref_setup(model, x, y, kind, optimizer):
     params = [v.numpy().astype("float64") for v in model.trainable_variables]
     ry = y.astype("float64") if kind == "mse" else y
-    opt = reference.Optimizer(optimizer, params, momentum=0.9)
+    if optimizer == "torch":
+        opt = reference.TorchSGD(params, momentum=0.9)
+    else:
+        opt = reference.Optimizer(optimizer, params, momentum=0.9)
     return params, opt, batches_of(x, ry)
 
 
@@ -84,10 +92,10 @@ def assert_close(actual, expected, what, step):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5, err_msg=f"{what} differ at step {step}")
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "torch", "adam"])
 def test_discard_matches_reference(optimizer):
     x, y = make_data()
-    lr = 0.5 if optimizer == "sgd" else 0.05  # large enough that some steps are discarded
+    lr = 0.05 if optimizer == "adam" else 0.5  # large enough that some steps are discarded
     model = build(keras_mcv.DiscardModel, optimizer=optimizer)
     model.optimizer.learning_rate.assign(lr)
     params, opt, batches = ref_setup(model, x, y, "ce", optimizer)
@@ -104,10 +112,11 @@ def test_discard_matches_reference(optimizer):
     np.testing.assert_allclose(hist.history["discard_rate"], rates, atol=1e-6)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", "torch", "adam"])
 def test_voting_matches_reference(optimizer):
     x, y = make_data(seed=2)
-    candidates = [3.0, 1.0, 0.1, 0.01] if optimizer == "sgd" else [0.3, 0.1, 0.01, 0.001]
+    candidates = {"sgd": [3.0, 1.0, 0.1, 0.01], "torch": [3.0, 1.0, 0.1, 0.01],
+                  "adam": [0.3, 0.1, 0.01, 0.001]}[optimizer]
     model = build(keras_mcv.VotingModel, optimizer=optimizer, candidates=candidates, ema=0.3)
     params, opt, batches = ref_setup(model, x, y, "ce", optimizer)
     cap = Capture()
@@ -122,7 +131,8 @@ def test_voting_matches_reference(optimizer):
 
 @pytest.mark.parametrize(
     "optimizer,method,alpha",
-    [("sgd", 1, 0.0), ("sgd", 2, 0.3), ("sgd", 3, 0.0), ("adam", 1, 0.0), ("adam", 2, 0.5), ("adam", 3, 0.0)],
+    [("sgd", 1, 0.0), ("sgd", 2, 0.3), ("sgd", 3, 0.0), ("torch", 1, 0.0), ("torch", 2, 0.3),
+     ("torch", 3, 0.0), ("adam", 1, 0.0), ("adam", 2, 0.5), ("adam", 3, 0.0)],
 )
 def test_search_matches_reference(optimizer, method, alpha):
     x, y = make_data(seed=3)
@@ -144,6 +154,24 @@ def test_search_matches_reference(optimizer, method, alpha):
         assert g["candidates"] == pytest.approx(r["candidates"], rel=1e-12)
         np.testing.assert_allclose(g["candidate_losses"], r["scores"], rtol=1e-5)
     assert len({e["lr"] for e in got}) > 1, "the LR must change for this case to mean anything"
+
+
+def test_momentum_forms_same_steps_at_one_lr_different_trials():
+    """Keras's and PyTorch's momentum forms: in epoch 1 (one LR) the same weights,
+    but trials at other LRs differ, and so do Method 3's later choices."""
+    x, y = make_data(seed=3)
+    runs = {}
+    for optimizer in ("sgd", "torch"):
+        model = build(keras_mcv.SearchModel, optimizer=optimizer, method=3)
+        cap = Capture()
+        model.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, callbacks=[cap])
+        runs[optimizer] = (cap.steps, model.mcv_history)
+    (keras_steps, keras_hist), (torch_steps, torch_hist) = runs["sgd"], runs["torch"]
+    for step in range(10):
+        assert_close(keras_steps[step][0], torch_steps[step][0], "weights", step)
+    assert not np.allclose(keras_hist[0]["candidate_losses"], torch_hist[0]["candidate_losses"])
+    assert [e["next_lr"] for e in keras_hist] == pytest.approx([0.1, 0.5, 2.5])
+    assert [e["next_lr"] for e in torch_hist] == pytest.approx([0.1, 0.5, 2 / 3])
 
 
 def test_voting_when_no_candidate_lowers_the_loss():

@@ -50,7 +50,8 @@ def test_digits_job_with_every_method(method, tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and "epoch 2: lr" in out
-    stem = "search2_alpha0.3" if method == "search2" else method
+    entry = methods.get(method)
+    stem = entry.run_name(entry.resolve_options(alpha=0.3 if method == "search2" else None))
     record = json.loads((tmp_path / "digits_small_cnn" / f"{stem}.json").read_text())
     assert record["status"] == "complete"
     assert record["config"]["train_examples"] == 400
@@ -120,6 +121,52 @@ def test_compare_with_anchors_and_report(tmp_path, capsys):
     names = sorted(p.name for p in (tmp_path / "digits_small_cnn").glob("*.json"))
     assert names == ["baseline.json", "baseline_adam_lr0.001.json",
                      "baseline_schedule_free_adamw.json", "search3.json", "tuned_adam.json"]
+
+
+def test_momentum_form_default_flag_and_record(tmp_path, capsys):
+    """Recipes run PyTorch's momentum form (the thesis's); `--momentum-form keras`
+    runs Keras's into `*_kerasmom` records. At the baseline's constant LR the two
+    forms take the same steps, so they end at the same test loss (up to rounding)."""
+    import keras
+
+    config = recipes.get_config("digits_small_cnn")
+    assert config.momentum_form == "torch"
+    assert isinstance(experiment.make_optimizer(config), optimizers.TorchSGD)
+    assert type(experiment.make_optimizer(config, momentum_form="keras")) is keras.optimizers.SGD
+    assert isinstance(experiment.make_optimizer(config, "adam"), keras.optimizers.Adam)
+    common = ["run", "digits_small_cnn", "--method", "baseline", "--epochs", "2", "--subset", "200",
+              "--out", str(tmp_path), "--verbose", "0"]
+    assert main(common) == 0
+    assert main(common + ["--momentum-form", "keras"]) == 0
+    assert main(common + ["--optimizer", "adam", "--momentum-form", "keras"]) == 0
+    capsys.readouterr()
+    runs = tmp_path / "digits_small_cnn"
+    torch = json.loads((runs / "baseline.json").read_text())
+    keras_form = json.loads((runs / "baseline_kerasmom.json").read_text())
+    adam = json.loads((runs / "baseline_adam.json").read_text())  # no SGD: no form, no suffix
+    assert torch["config"]["momentum_form"] == "torch"
+    assert keras_form["config"]["momentum_form"] == "keras"
+    assert adam["config"]["momentum_form"] is None
+    assert keras_form["test"]["loss"] == pytest.approx(torch["test"]["loss"], rel=1e-4)
+    with pytest.raises(ValueError, match="Unknown momentum form 'pytorch'"):
+        experiment.check_run_options("search1", momentum_form="pytorch")
+    assert main(common + ["--momentum-form", "pytorch"]) == 2
+    assert "--momentum-form" in capsys.readouterr().err
+
+
+def test_compare_keras_form_sits_beside_the_torch_form(tmp_path, capsys):
+    common = ["compare", "digits_small_cnn", "--methods", "baseline", "--epochs", "1",
+              "--subset", "200", "--lrs", "0.1", "--decays", "none", "--repeats", "1",
+              "--patience", "1", "--max-epochs", "1", "--out", str(tmp_path)]
+    assert main(common) == 0
+    assert main(common + ["--momentum-form", "keras"]) == 0
+    out = capsys.readouterr().out
+    assert "| Baseline SGD lr=0.01 (Keras momentum) |" in out
+    assert "| Macro-CV grid, Keras momentum (winner:" in out
+    runs = tmp_path / "digits_small_cnn"
+    assert sorted(p.name for p in runs.glob("*.json")) == ["baseline.json", "baseline_kerasmom.json"]
+    assert (runs / "macro" / "macro_cv.json").exists()
+    assert (runs / "macro_kerasmom" / "macro_cv.json").exists()
 
 
 def test_parse_anchors():

@@ -53,7 +53,7 @@ def report(report_out):
 
 
 def _record(**overrides):
-    record = record_lib.new_record("mcv", "tiny", "search1", {"alpha": 0.0})
+    record = record_lib.new_record("mcv", "tiny", "search1", {"alpha": 0.0, "momentum_form": "torch"})
     record.update(overrides)
     return record
 
@@ -149,6 +149,41 @@ def test_report_macro_winner_given_as_dict_and_ops(tmp_path):
     )
 
 
+def test_report_momentum_forms_side_by_side(tmp_path):
+    """Keras-form rows say so and follow their PyTorch-form counterparts; an SGD-only
+    grid says so."""
+    base = dict(test={"loss": 1.0, "accuracy": 0.5}, wall_time_s=3.0)
+    for i, (kind, method, config) in enumerate([
+        ("mcv", "search1", {"optimizer": "sgd", "momentum_form": "keras"}),
+        ("baseline", "baseline", {"optimizer": "sgd", "momentum_form": "keras", "learning_rate": 0.01}),
+        ("mcv", "search1", {"optimizer": "sgd", "momentum_form": "torch"}),
+        ("baseline", "baseline", {"optimizer": "sgd", "momentum_form": "torch", "learning_rate": 0.01}),
+    ]):
+        record = record_lib.new_record(kind, "tiny", method, config)
+        record_lib.finalize(record, "complete", **base)
+        record_lib.write_record(tmp_path / f"{i}.json", record)
+    rows = [{"optimizer": "sgd", "lr": 0.01, "decay": 0.001, "mean_epochs": 4.0,
+             "best_val_loss": 0.6, "test_loss": 0.7, "test_accuracy": 0.5, "diverged": False,
+             "wall_time_s": 1.0}]
+    for name, settings in [("m1", {"optimizers": ["sgd"], "momentum_form": "torch"}),
+                           ("m2", {"optimizers": ["sgd", "adam"], "momentum_form": "keras"}),
+                           ("m3", {"optimizers": ["sgd", "adam"]})]:
+        record = record_lib.new_record("macro", "tiny", "macro_cv", settings)
+        record_lib.finalize(record, "complete", wall_time_s=9.0, rows=rows, winner=0)
+        record_lib.write_record(tmp_path / f"{name}.json", record)
+    report = report_lib.build_report(tmp_path)
+    assert [row["Method"] for row in report.rows["tiny"]] == [
+        "Macro-CV grid, SGD only (winner: SGD lr=0.01, decay=0.001)",
+        "Macro-CV grid, Keras momentum (winner: SGD lr=0.01, decay=0.001)",
+        # A grid from before the key: every SGD run then used keras.optimizers.SGD.
+        "Macro-CV grid, Keras momentum (winner: SGD lr=0.01, decay=0.001)",
+        "Baseline SGD lr=0.01",
+        "Baseline SGD lr=0.01 (Keras momentum)",
+        "Method 1",
+        "Method 1 (Keras momentum)",
+    ]
+
+
 def test_empty_directory_gives_empty_report(tmp_path):
     report = report_lib.build_report(tmp_path)
     assert report.records == [] and report.tables == {}
@@ -181,16 +216,37 @@ def test_format_duration(seconds, text):
 @pytest.mark.parametrize(
     "kind, method, config, label",
     [
-        ("baseline", "baseline", {"optimizer": "sgd"}, "Baseline SGD"),
+        ("baseline", "baseline", {"optimizer": "sgd", "momentum_form": "torch"}, "Baseline SGD"),
+        ("baseline", "baseline", {"optimizer": "sgd", "momentum_form": "keras",
+                                  "learning_rate": 0.01}, "Baseline SGD lr=0.01 (Keras momentum)"),
+        # Records from before the key: every SGD run then used keras.optimizers.SGD.
+        ("baseline", "baseline", {"optimizer": "sgd"}, "Baseline SGD (Keras momentum)"),
+        ("baseline", "baseline", {}, "Baseline SGD (Keras momentum)"),
         ("baseline", "baseline", {"optimizer": "adam"}, "Baseline Adam"),
-        ("baseline", "baseline", {}, "Baseline SGD"),
-        ("mcv", "discard", {}, "MCV-discard"),
-        ("mcv", "voting", {}, "MCV-lr-voting"),
-        ("mcv", "search1", {"alpha": 0.0}, "Method 1"),
-        ("mcv", "search2", {"alpha": 0.1}, "Method 2, α = 0.1"),
-        ("mcv", "search2", {}, "Method 2"),
-        ("mcv", "search3", {}, "Method 3"),
-        ("mcv", "my_rule", {}, "my_rule"),
+        ("baseline", "baseline", {"optimizer": "adam", "momentum_form": None}, "Baseline Adam"),
+        ("mcv", "discard", {"momentum_form": "torch"}, "MCV-discard"),
+        ("mcv", "search2", {"alpha": 0.5, "momentum_form": "keras"},
+         "Method 2, α = 0.5 (Keras momentum)"),
+        ("mcv", "tuned", {"optimizer": "sgd", "momentum_form": "keras"},
+         "Tuned MCV (SGD, Keras momentum)"),
+        ("mcv", "tuned", {"optimizer": "adam", "momentum_form": None}, "Tuned MCV (Adam)"),
+        ("mcv", "tuned", {"optimizer": "sgd", "momentum_form": "torch"}, "Tuned MCV (SGD)"),
+        ("mcv", "discard", {}, "MCV-discard (Keras momentum)"),
+        ("mcv", "voting", {"momentum_form": "torch"}, "MCV-lr-voting"),
+        ("mcv", "search1", {"alpha": 0.0, "momentum_form": "torch"}, "Method 1"),
+        ("mcv", "search2", {"alpha": 0.1, "momentum_form": "torch"}, "Method 2, α = 0.1"),
+        ("mcv", "search2", {"momentum_form": "torch"}, "Method 2"),
+        ("mcv", "search3", {"momentum_form": "torch"}, "Method 3"),
+        ("mcv", "my_rule", {"optimizer": "adam"}, "my_rule"),
+        ("mcv", "adaptive-nesterov", {"optimizer": None}, "Adaptive Nesterov"),
+        ("baseline", "baseline", {"optimizer": "sgd", "momentum_form": "torch",
+                                  "learning_rate": 0.01, "persistency": 2},
+         "Baseline SGD lr=0.01, persistency K = 2"),
+        ("baseline", "baseline", {"optimizer": "adagrad", "weight_ema": True, "augment": ["flip"]},
+         "Baseline AdaGrad + EMA + augmentation"),
+        ("mcv", "race", {"optimizer": "sgd", "momentum_form": "torch", "weight_ema": True},
+         "LR race (SGD) + EMA"),
+        ("mcv", "voting", {"ema": 0.5, "momentum_form": "torch"}, "MCV-lr-voting"),  # vote EMA
     ],
 )
 def test_method_label(kind, method, config, label):

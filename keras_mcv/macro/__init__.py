@@ -5,7 +5,7 @@ two-stage grid is scored by early stopping on repeated stratified 80/20 splits
 of the training set, retrained on all of it, and tested:
 
 ```
-stage 1: for optimizer in optimizers          # SGD momentum 0.9, Adam
+stage 1: for optimizer in optimizers          # SGD momentum 0.9 (PyTorch's form), Adam
              for lr in learning_rates          # 1e-1 1e-2 1e-3 1e-4
                  evaluate(optimizer, lr, decay=None)
 stage 2: lr* = SGD lr of stage 1 with the lowest mean validation loss
@@ -115,6 +115,7 @@ from keras_mcv.macro.settings import (
     validate_settings,
 )
 from keras_mcv.macro.tuner import MacroCVOracle, MacroCVTuner
+from keras_mcv.optimizers import check_momentum_form
 
 __all__ = [
     "EXECUTIONS_LOG",
@@ -169,6 +170,7 @@ def run_macro_cv(
     max_epochs: int = 100,
     val_fraction: float = 0.2,
     momentum: float = 0.9,
+    momentum_form: str = "torch",
     loss="sparse_categorical_crossentropy",
     project_dir="macro_cv",
     overwrite: bool = False,
@@ -205,6 +207,12 @@ def run_macro_cv(
         max_epochs: epoch cap of each split run. Defaults to 100.
         val_fraction: validation share of each split. Defaults to 0.2.
         momentum: SGD momentum. Defaults to 0.9.
+        momentum_form: SGD's momentum form: "torch" (`TorchSGD`, PyTorch's
+            buffer of gradients, what the thesis ran) or "keras"
+            (`keras.optimizers.SGD`). The two give the same trajectory at a
+            constant LR (stage 1, up to float rounding) and differ under
+            stage 2's decay. Part of the settings fingerprint: a project made
+            with the other form is refused. Defaults to "torch".
         loss: Keras loss. Defaults to `"sparse_categorical_crossentropy"`.
         project_dir: Keras Tuner directory; the search is in
             `<project_dir>/search`. Defaults to `"macro_cv"`.
@@ -225,6 +233,7 @@ def run_macro_cv(
 
     References: thesis section 4.5 (Tables 4.2-4.4).
     """
+    momentum_form = check_momentum_form(momentum_form)
     optimizers, learning_rates, decays = validate_settings(
         data, batch_size=batch_size, optimizers=optimizers,
         learning_rates=learning_rates, decays=decays, repeats=repeats,
@@ -236,6 +245,7 @@ def run_macro_cv(
         batch_size=int(batch_size), repeats=int(repeats),
         patience=int(patience), max_epochs=int(max_epochs),
         val_fraction=float(val_fraction), momentum=float(momentum),
+        momentum_form=momentum_form,
         loss=loss if isinstance(loss, str) else repr(loss), seed=int(seed),
     )
     settings = dict(

@@ -49,6 +49,7 @@ def evaluate_configuration(
     max_epochs: int = 100,
     val_fraction: float = 0.2,
     momentum: float = 0.9,
+    momentum_form: str = "torch",
     loss="sparse_categorical_crossentropy",
     seed: int = 0,
     callbacks: Optional[list] = None,
@@ -71,7 +72,7 @@ def evaluate_configuration(
         build_model: `build_model(input_shape, num_classes)` -> a fresh,
             uncompiled `keras.Model` with softmax outputs.
         data: the dataset; `x_train` must already be normalised.
-        optimizer: `"sgd"` (with `momentum`) or `"adam"`.
+        optimizer: `"sgd"` (with `momentum`, in `momentum_form`) or `"adam"`.
         learning_rate: initial learning rate.
         decay: `InverseTimeDecay` rate, or None. Defaults to None.
         batch_size: batch size. Defaults to 128.
@@ -80,6 +81,10 @@ def evaluate_configuration(
         max_epochs: epoch cap of the split runs. Defaults to 100.
         val_fraction: validation share of each split. Defaults to 0.2.
         momentum: SGD momentum. Defaults to 0.9.
+        momentum_form: SGD's momentum form, "torch" (`TorchSGD`, the
+            thesis's PyTorch runs) or "keras" (`keras.optimizers.SGD`); the
+            two differ only when the LR changes, here under a decay.
+            Defaults to "torch".
         loss: Keras loss of `compile`. Defaults to
             `"sparse_categorical_crossentropy"`.
         seed: base seed of splits and initialisations. Defaults to 0.
@@ -121,7 +126,8 @@ def evaluate_configuration(
     ):
         model = _fresh_model(
             build_model, data,
-            make_optimizer(optimizer, learning_rate, decay=decay, momentum=momentum),
+            make_optimizer(optimizer, learning_rate, decay=decay, momentum=momentum,
+                           momentum_form=momentum_form),
             loss, seed + r,
         )
         history = model.fit(
@@ -159,7 +165,8 @@ def evaluate_configuration(
 
     model = _fresh_model(
         build_model, data,
-        make_optimizer(optimizer, learning_rate, decay=decay, momentum=momentum),
+        make_optimizer(optimizer, learning_rate, decay=decay, momentum=momentum,
+                           momentum_form=momentum_form),
         loss, seed + repeats,
     )
     history = model.fit(

@@ -81,6 +81,12 @@ class MacroRow:
         return text + (f" decay={self.decay:g}" if self.decay else "")
 
 
+_FORM_TEXT = {
+    "torch": "PyTorch's momentum form (`TorchSGD`, momentum buffer in gradient units)",
+    "keras": "Keras's momentum form (`keras.optimizers.SGD`, velocity in weight units)",
+}
+
+
 def _fmt(value, spec: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "None"
@@ -208,8 +214,11 @@ class MacroResult:
             "used for selection)"
             if self.winner else "none (every configuration diverged or failed)"
         )
+        form = self.settings.get("momentum_form")
+        lines += [""]
+        if form is not None and "sgd" in self.settings.get("optimizers", OPTIMIZERS):
+            lines.append(f"Momentum SGD: {_FORM_TEXT.get(form, form)}.")
         lines += [
-            "",
             f"Winner: {winner}.",
             f"Total wall time: {self.wall_time_s:.1f} s (whole search, retrains "
             f"included); sum of trial times: {self.trial_time_s:.1f} s.",

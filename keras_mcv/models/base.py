@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_mcv.models.wrapping import Wrappable
 
 MCV_METRIC_NAMES = ("lr", "mcv_val_loss", "discard_rate", "nonfinite_steps")
 """Logs of the training step that are not the network's metrics (kept out of `evaluate`)."""
@@ -43,7 +44,7 @@ class _Runtime:
 
 
 
-class LRModel(keras.Model):
+class LRModel(Wrappable, keras.Model):
     """Base class of the models that choose or judge the learning rate in `fit`.
 
     Build it like a functional `keras.Model` (`Model(inputs, outputs, ...)`) or
@@ -72,38 +73,6 @@ class LRModel(keras.Model):
         self.mcv_val_loss_tracker = keras.metrics.Mean(name="mcv_val_loss")
 
     # ------------------------------------------------------------------ build
-
-    @classmethod
-    def wrap(cls, model: keras.Model, *, input_shape=None, name=None, **kwargs):
-        """An MCV model that shares the layers (and weights) of `model`.
-
-        Works for Functional and Sequential models with known inputs, and for
-        subclassed models given `input_shape` (the shape without the batch axis).
-
-        Args:
-            model: the model to train with MCV.
-            input_shape: needed only when `model` has no defined inputs.
-            name: the new model's name. Defaults to `model.name`.
-            **kwargs: the MCV arguments of `cls`.
-        """
-        try:
-            inputs, outputs = model.inputs, model.outputs
-        except (AttributeError, ValueError):
-            inputs = outputs = None
-        if inputs and outputs:
-            # A one-element list would make the new model's output a list.
-            inputs = inputs[0] if len(inputs) == 1 else inputs
-            outputs = outputs[0] if len(outputs) == 1 else outputs
-        else:
-            if input_shape is None:
-                raise ValueError(
-                    f"Cannot wrap {type(model).__name__} {model.name!r}: it has no "
-                    "defined inputs. Pass `input_shape=` (without the batch axis), "
-                    "e.g. `wrap(model, input_shape=(32, 32, 3))`."
-                )
-            inputs = keras.Input(shape=tuple(input_shape))
-            outputs = model(inputs)
-        return cls(inputs, outputs, name=name or model.name, **kwargs)
 
     def _state_weight(self, name, shape, dtype, initializer):
         """A non-trainable variable of MCV state, saved with the model's weights.

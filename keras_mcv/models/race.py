@@ -8,15 +8,12 @@ one compiled step trains every surviving branch on the same batch.
 
 from __future__ import annotations
 
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
 
-from keras_mcv import cost
-from keras_mcv import trials
-from keras_mcv.models.base import LRModel
-from keras_mcv.models.base import batch_size_of
-from keras_mcv.models.base import selection_first
+from keras_mcv import cost, trials
+from keras_mcv.models.base import LRModel, batch_size_of, selection_first
 from keras_mcv.rules import race
 from keras_mcv.rules import thesis as thesis_rules
 

@@ -9,11 +9,24 @@ import numpy as np
 import tensorflow as tf
 
 from keras_mcv import cost, trials
-from keras_mcv.models.base import batch_size_of
-from keras_mcv.models.base import selection_first
+from keras_mcv.models.base import batch_size_of, selection_first
 from keras_mcv.models.split import MCVModel
+from keras_mcv.optimizers import TorchSGD
 from keras_mcv.rules import search_options as selection_rules
 from keras_mcv.rules import thesis as thesis_rules
+
+
+def torch_step_fill(steps, momentum, dampening=0.0, nesterov=False):
+    """`selection_rules.torch_step_fill` in-graph, float64; `steps` may be a tensor."""
+    beta, d = float(momentum), float(dampening)
+    if beta == 0.0:
+        return tf.constant(1.0, tf.float64)
+    decayed = tf.pow(tf.constant(beta, tf.float64), tf.cast(steps, tf.float64) - 1.0)
+    n_s = decayed + (1.0 - d) * (1.0 - decayed) / (1.0 - beta)
+    n_inf = (1.0 - d) / (1.0 - beta)
+    if nesterov:
+        return (1.0 + beta * n_s) / (1.0 + beta * n_inf)
+    return n_s / n_inf
 
 
 TUNED_OPTIONS = {
@@ -53,18 +66,28 @@ class SearchModel(MCVModel):
     adds when it is missing. Cost per step: K + 2 forward (Method 2 with
     alpha > 0: 2K + 2), 1 backward, K + 1 step.
 
-    Beyond the thesis (the defaults are the thesis). With momentum,
-    a one-step trial at the raw LR ignores that the LR acts ~1/(1 - beta)
-    times over the next steps, and SGD-momentum diverges. Options:
+    Beyond the thesis (the defaults are the thesis). With Keras's SGD
+    momentum (velocity in weight units), a one-step trial at the raw LR scales
+    only the new gradient's share and ignores that the LR acts ~1/(1 - beta)
+    times over the next steps, so the search grows the LR until training
+    diverges. With PyTorch's form (`TorchSGD`, what the thesis ran) a raw
+    trial scales the whole momentum step (`docs/momentum_forms.md`). Options:
     ```
     trial_step="update":    w1 = the actual step at lr (taken first)
                             trial_k: w0 + (c_k / lr_avg) * (w1 - w0)
-                            lr_avg = EMA of the LR with SGD's momentum (else lr):
-                            the scale of the momentum buffer, so a trial is the
-                            steady-state step of LR c_k along the optimizer's
-                            own (averaged) direction; K + 2 forward, 1 step
+                            lr_avg = the LR scale of the momentum step:
+                              keras.optimizers.SGD: EMA of the LR with its
+                                momentum (`lr_average`; the velocity keeps
+                                past LRs)
+                              TorchSGD: lr * the buffer's fill
+                                (`torch_lr_average`; lr scales the whole buffer)
+                              others: lr
+                            so a trial is the steady-state step of LR c_k along
+                            the optimizer's own (averaged) direction;
+                            K + 2 forward, 1 step
     trial_step="effective": one optimizer step at c_k * trial_lr_scale
-                            (SGD: 1 / (1 - momentum), others 1)
+                            (keras.optimizers.SGD: 1 / (1 - momentum); TorchSGD
+                            and others: 1, so "effective" is "raw" for TorchSGD)
     trial_horizon=H:        the trial step repeated H times (raw / effective);
                             update trials: w0 + H (c_k / lr_avg) (w1 - w0), the
                             movement of H steps along the current direction
@@ -215,7 +238,7 @@ class SearchModel(MCVModel):
         return config
 
     def _buffer_momentum(self) -> float:
-        """SGD's momentum (the LR average's decay), 0 for other optimizers."""
+        """Keras SGD's momentum (the LR average's decay), 0 for other optimizers."""
         if isinstance(self.optimizer, keras.optimizers.SGD):
             return float(self.optimizer.momentum)
         return 0.0
@@ -227,6 +250,27 @@ class SearchModel(MCVModel):
             return selection_rules.trial_lr_scale("sgd", float(self.optimizer.momentum))
         return selection_rules.trial_lr_scale(type(self.optimizer).__name__.lower())
 
+    def _check_optimizer(self):
+        """Also refuse a momentum whose steady-state step does not exist, for scaled trials."""
+        super()._check_optimizer()
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is None or self.trial_step == "raw":
+            return
+        if isinstance(optimizer, TorchSGD) and self.trial_step == "update" and not (
+            optimizer.momentum < 1.0 and optimizer.dampening < 1.0
+        ):
+            raise ValueError(
+                f'trial_step="update" rescales the step to its steady state, which '
+                f"TorchSGD(momentum={optimizer.momentum!r}, dampening={optimizer.dampening!r}) "
+                "does not reach: use momentum and dampening below 1, or trial_step=\"raw\"."
+            )
+        if isinstance(optimizer, keras.optimizers.SGD) and not float(optimizer.momentum) < 1.0:
+            raise ValueError(
+                f"trial_step={self.trial_step!r} rescales the step to its steady state, which "
+                f"SGD(momentum={optimizer.momentum!r}) does not reach: use a momentum "
+                'below 1, or trial_step="raw".'
+            )
+
     def train_step(self, data):
         if self.trial_step == "update":
             # Every step, with or without trials, moves the momentum buffer.
@@ -234,7 +278,18 @@ class SearchModel(MCVModel):
         return super().train_step(data)
 
     def _next_lr_avg(self):
-        """`selection.lr_average` in-graph: the LR average after one more step."""
+        """The LR average after one more step, in-graph.
+
+        `selection.lr_average` for Keras's SGD (and lr for other optimizers);
+        `selection.torch_lr_average` for TorchSGD, whose buffer will then hold
+        `iterations + 1` updates.
+        """
+        optimizer = self.optimizer
+        if isinstance(optimizer, TorchSGD):
+            return self.mcv_lr * torch_step_fill(
+                optimizer.iterations + 1, optimizer.momentum, optimizer.dampening,
+                optimizer.nesterov,
+            )
         beta = self._buffer_momentum()
         return beta * self.mcv_lr_avg + (1.0 - beta) * self.mcv_lr
 

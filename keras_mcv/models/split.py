@@ -29,8 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_mcv import cost, trials
-from keras_mcv.models.base import LRModel
-from keras_mcv.models.base import batch_size_of
+from keras_mcv.models.base import LRModel, batch_size_of
 
 
 class MCVModel(LRModel):

@@ -7,7 +7,8 @@ follow:
 - With momentum, a chosen LR acts about `1 / (1 - beta)` times over the
   following steps; one raw step hides that, so the search grows the LR until
   training diverges. `trial_lr_scale` enlarges a trial step to the
-  steady-state step ("effective"); `lr_average` and `update_trial_ratio`
+  steady-state step ("effective"); `lr_average` (Keras's SGD) or
+  `torch_lr_average` (PyTorch's, `TorchSGD`) and `update_trial_ratio`
   rescale the optimizer's actual update instead ("update", the mode that
   worked in `saved_runs/beyond_thesis`).
 - The greedy one-step minimum prefers small LRs (short-horizon bias, Wu et
@@ -52,17 +53,19 @@ def trial_lr_scale(optimizer: str, momentum: float = 0.0) -> float:
     """Factor from a candidate LR to the LR of its trial step ("effective step").
 
     ```
-    SGD / Nesterov, momentum beta:  1 / (1 - beta)   (steady-state step of a
-                                                      constant gradient)
-    Adam, RMSprop, others:          1                (the first moment is an
-                                                      average, not a sum: its
-                                                      steady state is g itself)
+    SGD (Keras's form), momentum beta:  1 / (1 - beta)  (steady-state step of
+                                                         a constant gradient)
+    TorchSGD (PyTorch's form):          1   (its step at c multiplies the
+                                             whole buffer: once the buffer has
+                                             filled, already c's steady state)
+    Adam, RMSprop, others:              1   (the first moment is an average,
+                                             not a sum: its steady state is g)
     ```
     Derived from the optimizer, never from the data.
 
     Args:
-        optimizer: lowercase class name, e.g. "sgd", "adam".
-        momentum: SGD's momentum; ignored for other optimizers.
+        optimizer: lowercase class name, e.g. "sgd", "torchsgd", "adam".
+        momentum: SGD's momentum; ignored for other optimizers. Defaults to 0.
     """
     if optimizer == "sgd":
         beta = float(momentum)
@@ -73,17 +76,83 @@ def trial_lr_scale(optimizer: str, momentum: float = 0.0) -> float:
 
 
 def lr_average(previous: float, lr: float, momentum: float) -> float:
-    """One step of the LR average that scales SGD's momentum buffer.
+    """One step of the LR average that scales SGD's momentum buffer (Keras's form).
 
     ```
     lr_avg <- momentum * lr_avg + (1 - momentum) * lr       (lr_avg starts at 0)
     ```
-    SGD's buffer `m <- momentum * m - lr * g` then equals
+    Keras's velocity `m <- momentum * m - lr * g` then equals
     `-lr_avg / (1 - momentum) * g_avg` for the momentum-averaged gradient
     `g_avg`, whatever LRs were used before. For optimizers whose update is
     not a sum of past steps (Adam, RMSprop) use `momentum = 0`: lr_avg = lr.
+    PyTorch's form (`TorchSGD`) uses `torch_lr_average` instead.
     """
     return float(momentum) * float(previous) + (1.0 - float(momentum)) * float(lr)
+
+
+def torch_step_fill(steps: int, momentum: float, dampening: float = 0.0,
+                    nesterov: bool = False) -> float:
+    """Size of PyTorch's momentum step after `steps` updates, as a share of its steady state.
+
+    ```
+    n_1 = 1;  n_s = momentum * n_(s-1) + (1 - dampening)   # the buffer's total gradient weight
+    n_inf = (1 - dampening) / (1 - momentum)
+    fill  = n_s / n_inf                                    # the step is lr * buf
+          = (1 + momentum n_s) / (1 + momentum n_inf)      # nesterov: lr * (g + momentum buf)
+    ```
+    `n_s = momentum^(s-1) + (1 - dampening) (1 - momentum^(s-1)) / (1 - momentum)`.
+    With dampening 0, `fill = 1 - momentum^s` (plain) and tends to 1 as the
+    buffer fills; with momentum 0 it is 1.
+
+    Args:
+        steps: updates the buffer holds, >= 1 (the step just taken included).
+        momentum: TorchSGD's momentum, in [0, 1).
+        dampening: TorchSGD's dampening, in [0, 1). Defaults to 0.
+        nesterov: TorchSGD's Nesterov flag. Defaults to False.
+
+    References: PyTorch documentation, `torch.optim.SGD` (its algorithm).
+    """
+    beta, d = float(momentum), float(dampening)
+    if not 0.0 <= beta < 1.0 or not 0.0 <= d < 1.0:
+        raise ValueError(
+            f"momentum and dampening must be in [0, 1) for the step's steady state to "
+            f"exist, got momentum={momentum!r}, dampening={dampening!r}."
+        )
+    if int(steps) < 1:
+        raise ValueError(f"`steps` must be >= 1, got {steps!r}.")
+    if beta == 0.0:
+        return 1.0
+    decayed = beta ** (int(steps) - 1)
+    n_s = decayed + (1.0 - d) * (1.0 - decayed) / (1.0 - beta)
+    n_inf = (1.0 - d) / (1.0 - beta)
+    if nesterov:
+        return (1.0 + beta * n_s) / (1.0 + beta * n_inf)
+    return n_s / n_inf
+
+
+def torch_lr_average(lr: float, steps: int, momentum: float, dampening: float = 0.0,
+                     nesterov: bool = False) -> float:
+    """The LR scale of PyTorch's momentum step (TorchSGD), for `update_trial_ratio`.
+
+    ```
+    lr_avg = lr * torch_step_fill(steps, momentum, dampening, nesterov)
+    ```
+    PyTorch's step `-lr * buf` applies the current LR to the whole buffer, so
+    it equals `-lr_avg * n_inf * g_avg` (`n_inf = 1 / (1 - momentum)` without
+    dampening) for the normalised momentum average `g_avg = buf / n_s`,
+    whatever LRs were used before: the LR average is the current LR,
+    discounted while the buffer fills. A trial `w0 + c / lr_avg * (w1 - w0)`
+    is then `w0 - c * n_inf * g_avg`, the steady-state step of LR `c`. `lr_average`, Keras's counterpart, averages past LRs
+    instead, because Keras's velocity keeps them.
+
+    Args:
+        lr: the LR of the step just taken.
+        steps: updates the buffer holds, >= 1.
+        momentum, dampening, nesterov: TorchSGD's.
+
+    References: PyTorch documentation, `torch.optim.SGD` (its algorithm).
+    """
+    return float(lr) * torch_step_fill(steps, momentum, dampening, nesterov)
 
 
 def update_trial_ratio(candidate: float, lr_avg: float) -> float:
