@@ -241,6 +241,7 @@ def compare(
     seed: int = 0,
     verbose: int = 0,
     anchors=(),
+    data=None,
 ):
     """Run the macro-CV baseline and each method on the same data; write records and a report.
 
@@ -263,6 +264,8 @@ def compare(
             method other than the baseline, e.g.
             `(("adam", 1e-3), ("schedule_free_adamw", None), ("adam", None, "tuned"))`.
             Defaults to none.
+        data: the `keras_mcv.data.ArrayData` to use, already loaded (then
+            `data_path` and `subset` are not read). Defaults to None (load them).
 
     Returns:
         The `report.Report` built from `out_dir/<recipe>`.
@@ -273,7 +276,8 @@ def compare(
     for method in methods:
         check_run_options(method)
     anchors = check_anchors(anchors)
-    data = config.load_data(data_path, subset)
+    if data is None:
+        data = config.load_data(data_path, subset)
     recipe_dir = os.path.join(out_dir, config.name)
     if macro_settings is not None:
         macro_dir = os.path.join(recipe_dir, "macro")
