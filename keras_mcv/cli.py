@@ -223,7 +223,7 @@ def _cmd_tune(args) -> int:
             project_dir=os.path.join(out, "tuner"),
             overwrite=args.overwrite, seed=args.seed, verbose=args.verbose,
         )
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:  # keras_mcv.data.DataError is a ValueError
         print(f"keras-mcv tune: {e}", file=sys.stderr)
         return 2
     if result is None:
@@ -606,6 +606,7 @@ def _add_compare_parser(sub) -> None:
 
 
 def _cmd_compare(args) -> int:
+    from keras_mcv import data as data_lib
     from keras_mcv import experiment
 
     try:
@@ -622,12 +623,14 @@ def _cmd_compare(args) -> int:
                 "decays": _floats(args.decays, "--decays"),
                 "repeats": args.repeats, "patience": args.patience, "max_epochs": args.max_epochs,
             }
-    except ValueError as e:
+        data_path = args.data if args.data is not None else config.data_path
+        data = config.load_data(data_path, args.subset)
+    except (ValueError, data_lib.DataError, FileNotFoundError) as e:
         print(f"keras-mcv compare: {e}", file=sys.stderr)
         return 2
     report = experiment.compare(
         config, methods=methods, alpha=args.alpha, epochs=args.epochs, anchors=anchors,
-        batch_size=args.batch_size, subset=args.subset, data_path=args.data,
+        batch_size=args.batch_size, subset=args.subset, data=data,
         macro_settings=macro_settings, out_dir=args.out, seed=args.seed,
         momentum_form=args.momentum_form,
     )

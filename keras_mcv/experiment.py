@@ -530,6 +530,7 @@ def compare(
     verbose: int = 0,
     anchors=(),
     momentum_form=None,
+    data=None,
 ):
     """Run the macro-CV baseline and each method on the same data; write records and a report.
 
@@ -556,6 +557,8 @@ def compare(
             run and the macro-CV grid. Defaults to the recipe's ("torch").
             The Keras form's records end in `_kerasmom` and its grid goes to
             `macro_kerasmom/`, so both forms can share `out_dir`.
+        data: the `keras_mcv.data.ArrayData` to use, already loaded (then
+            `data_path` and `subset` are not read). Defaults to None (load them).
 
     Returns:
         The `report.Report` built from `out_dir/<recipe>`.
@@ -567,7 +570,8 @@ def compare(
         check_run_options(method)
     anchors = check_anchors(anchors)
     form = momentum_form_of(config, momentum_form)
-    data = config.load_data(data_path, subset)
+    if data is None:
+        data = config.load_data(data_path, subset)
     recipe_dir = os.path.join(out_dir, config.name)
     if macro_settings is not None:
         macro_dir = os.path.join(recipe_dir, macro_dir_name(form))

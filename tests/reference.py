@@ -173,15 +173,25 @@ def search(params, opt, epochs, method, alpha, kind, candidates=policies.DEFAULT
         candidates = policies.candidate_list(lr)
 
 
-def race(params, opt, epochs, candidates, kind):
+def accuracy(params, x, y):
+    """The fraction of `x` whose highest logit is its label (Keras's "accuracy" on sparse labels)."""
+    return float(np.mean(np.argmax(forward(params, x), axis=1) == y))
+
+
+def race(params, opt, epochs, candidates, kind, lrs_after=None):
     """The learning-rate race (`keras_mcv.RaceModel`), written out without its rules module.
 
     `epochs` is a list of lists of batches. Every branch starts from `params`
     and `opt`'s state. Yields ("step", [params of each racing branch]) after a
     race step, ("step", [params]) after a plain step, and ("epoch", summary)
-    at each epoch end.
+    at each epoch end. A summary's "loss" and "accuracy" are the means over
+    the epoch's batches, before each step, of the branch the summary's "lr"
+    names (the one the model holds at the epoch's end). `lrs_after` maps an
+    epoch index after the race to the LR its plain steps take (the user's
+    own LR); other plain epochs keep the race's choice.
     """
     candidates = list(candidates)
+    lrs_after = dict(lrs_after or {})
     start = opt.state()
     branches = [(list(params), start) for _ in candidates]
     lrs = list(candidates)  # the LR of each racing branch, in branch order
@@ -190,16 +200,23 @@ def race(params, opt, epochs, candidates, kind):
     for e, batches in enumerate(epochs):
         last = e == len(epochs) - 1
         if current is not None:  # the race is over: plain steps
+            lr = lrs_after.get(e, lr)
+            losses, hits = [], []
             for x, y in batches:
+                losses.append(loss_fn(current[0], x, y, kind))
+                hits.append(accuracy(current[0], x, y) if kind == "ce" else None)
                 opt.set_state(current[1])
                 p = opt.apply(current[0], grad_fn(current[0], x, y, kind), np.float32(lr))
                 current = (p, opt.state())
                 yield "step", [p]
             yield "epoch", {"lr": lr, "candidates": None, "candidate_losses": None, "survivors": None,
-                            "params": current[0]}
+                            "params": current[0], "loss": float(np.mean(losses)),
+                            "accuracy": None if kind != "ce" else float(np.mean(hits))}
             continue
+        epoch_rows, epoch_hits = [], []
         for x, y in batches:
             row, moved = [], []
+            epoch_hits.append([accuracy(p, x, y) if kind == "ce" else None for p, _ in branches])
             for (p, state), c in zip(branches, lrs):
                 loss = loss_fn(p, x, y, kind)
                 row.append(loss if np.isfinite(loss) else np.inf)
@@ -208,12 +225,16 @@ def race(params, opt, epochs, candidates, kind):
                 moved.append((p, opt.state()))
             branches = moved
             rows.append(row)
+            epoch_rows.append(row)
             yield "step", [p for p, _ in branches]
         epochs_in_round += 1
         table = np.asarray(rows)
         judged = table[len(rows) // 2:].mean(axis=0)  # the last half of the round's steps
         order = sorted(range(len(branches)), key=lambda j: (judged[j], j))
-        summary = {"candidates": list(lrs), "candidate_losses": judged, "survivors": None}
+        shown = order[0]  # the branch held at the epoch's end, in this epoch's order
+        summary = {"candidates": list(lrs), "candidate_losses": judged, "survivors": None,
+                   "loss": float(np.mean([r[shown] for r in epoch_rows])),
+                   "accuracy": None if kind != "ce" else float(np.mean([h[shown] for h in epoch_hits]))}
         if epochs_in_round == 2 ** (round_number - 1) or last:
             keep = 1 if last else -(-len(branches) // 2)
             order = order[:keep]
