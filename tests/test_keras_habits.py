@@ -1,7 +1,6 @@
 """Keras habits with the MCV models: the user's LR controls, `train_on_batch`, short
 batches on conv nets, XLA, the `.keras` file, the user's weight list and the logs."""
 
-import io
 import json
 import warnings
 
@@ -13,6 +12,7 @@ import tensorflow as tf
 import keras_mcv
 from keras_mcv import architectures
 from keras_mcv.models import race as race_model
+from keras_mcv.models.course_race import CourseRaceModel
 from tests import reference
 from tests.test_models import BATCH, C, D, assert_close, build, make_data, ref_setup
 
@@ -137,7 +137,7 @@ def test_a_constant_schedule_means_no_race():
     assert model.mcv_history[0]["candidates"] is None
 
 
-@pytest.mark.parametrize("cls", [keras_mcv.SearchModel, keras_mcv.VotingModel])
+@pytest.mark.parametrize("cls", [keras_mcv.SearchModel, keras_mcv.VotingModel, CourseRaceModel])
 @pytest.mark.parametrize("callback", [
     lambda: keras.callbacks.ReduceLROnPlateau(),
     lambda: keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr),
@@ -150,7 +150,7 @@ def test_models_that_choose_every_lr_refuse_lr_callbacks(cls, callback):
     assert model.trace_count == 0
 
 
-@pytest.mark.parametrize("cls", [keras_mcv.SearchModel, keras_mcv.VotingModel])
+@pytest.mark.parametrize("cls", [keras_mcv.SearchModel, keras_mcv.VotingModel, CourseRaceModel])
 def test_models_that_choose_every_lr_refuse_a_callback_setting_it(cls):
     x, y = make_data()
 
