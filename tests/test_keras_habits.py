@@ -1,6 +1,7 @@
 """Keras habits with the MCV models: the user's LR controls, `train_on_batch`, short
 batches on conv nets, XLA, the `.keras` file, the user's weight list and the logs."""
 
+import io
 import json
 import warnings
 
@@ -364,6 +365,40 @@ def test_mcv_history_is_kept_in_the_keras_file(cls, kwargs, tmp_path):
     loaded = keras.saving.load_model(path)
     assert len(loaded.mcv_history) == 2
     assert json.dumps(loaded.mcv_history) == json.dumps(model.mcv_history)
+
+
+def test_a_keras_file_saved_inside_the_race_goes_on_racing(tmp_path):
+    x, y = make_data(seed=3)
+    path = str(tmp_path / "epoch1.keras")
+
+    class SaveFirst(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                self.model.save(path)
+
+    model = build(keras_mcv.RaceModel, candidates=FOUR)
+    fit(model, x, y, 3, callbacks=[SaveFirst()])
+    loaded = keras.saving.load_model(path)
+    assert int(loaded.mcv_race_state.numpy()) == race_model.RACING
+    fit(loaded, x, y, 3, initial_epoch=1)
+    assert json.dumps(loaded.mcv_history) == json.dumps(model.mcv_history)
+    for a, b in zip(weights(loaded), weights(model)):
+        np.testing.assert_array_equal(a, b)
+    # The branches are in the file while the race runs, and only then.
+    model.save(str(tmp_path / "after.keras"))
+    assert branch_keys(path) and not branch_keys(str(tmp_path / "after.keras"))
+
+
+def branch_keys(keras_file):
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(keras_file) as z, z.open("model.weights.h5") as f:
+        with h5py.File(io.BytesIO(f.read()), "r") as h5:
+            names = []
+            h5.visit(names.append)
+    return [n for n in names if "mcv_branch" in n or n.endswith("mcv_race")]
 
 
 @pytest.mark.parametrize("cls,kwargs", ALL)
