@@ -13,6 +13,7 @@ import tensorflow as tf
 import keras_mcv
 from keras_mcv import architectures
 from keras_mcv.models import race as race_model
+from keras_mcv.models.course_race import CourseRaceModel
 from tests import reference
 from tests.test_models import BATCH, C, D, assert_close, build, make_data, ref_setup
 
@@ -137,7 +138,7 @@ def test_a_constant_schedule_means_no_race():
     assert model.mcv_history[0]["candidates"] is None
 
 
-@pytest.mark.parametrize("cls", [keras_mcv.SearchModel, keras_mcv.VotingModel])
+@pytest.mark.parametrize("cls", [keras_mcv.SearchModel, keras_mcv.VotingModel, CourseRaceModel])
 @pytest.mark.parametrize("callback", [
     lambda: keras.callbacks.ReduceLROnPlateau(),
     lambda: keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr),
@@ -150,7 +151,7 @@ def test_models_that_choose_every_lr_refuse_lr_callbacks(cls, callback):
     assert model.trace_count == 0
 
 
-@pytest.mark.parametrize("cls", [keras_mcv.SearchModel, keras_mcv.VotingModel])
+@pytest.mark.parametrize("cls", [keras_mcv.SearchModel, keras_mcv.VotingModel, CourseRaceModel])
 def test_models_that_choose_every_lr_refuse_a_callback_setting_it(cls):
     x, y = make_data()
 
@@ -364,6 +365,40 @@ def test_mcv_history_is_kept_in_the_keras_file(cls, kwargs, tmp_path):
     loaded = keras.saving.load_model(path)
     assert len(loaded.mcv_history) == 2
     assert json.dumps(loaded.mcv_history) == json.dumps(model.mcv_history)
+
+
+def test_a_keras_file_saved_inside_the_race_goes_on_racing(tmp_path):
+    x, y = make_data(seed=3)
+    path = str(tmp_path / "epoch1.keras")
+
+    class SaveFirst(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                self.model.save(path)
+
+    model = build(keras_mcv.RaceModel, candidates=FOUR)
+    fit(model, x, y, 3, callbacks=[SaveFirst()])
+    loaded = keras.saving.load_model(path)
+    assert int(loaded.mcv_race_state.numpy()) == race_model.RACING
+    fit(loaded, x, y, 3, initial_epoch=1)
+    assert json.dumps(loaded.mcv_history) == json.dumps(model.mcv_history)
+    for a, b in zip(weights(loaded), weights(model)):
+        np.testing.assert_array_equal(a, b)
+    # The branches are in the file while the race runs, and only then.
+    model.save(str(tmp_path / "after.keras"))
+    assert branch_keys(path) and not branch_keys(str(tmp_path / "after.keras"))
+
+
+def branch_keys(keras_file):
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(keras_file) as z, z.open("model.weights.h5") as f:
+        with h5py.File(io.BytesIO(f.read()), "r") as h5:
+            names = []
+            h5.visit(names.append)
+    return [n for n in names if "mcv_branch" in n or n.endswith("mcv_race")]
 
 
 @pytest.mark.parametrize("cls,kwargs", ALL)

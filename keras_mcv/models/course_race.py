@@ -140,7 +140,7 @@ class CourseRaceModel(RaceModel):
                        for c in self.candidates]
             self._mcv.rounds = iter([("course", n) for n in course_rules.course_rounds(
                 epochs, len(self.candidates), self.plan)])
-            self._mcv.branches.fill()
+            self._fill_slots()
             self.mcv_race_alive.assign(len(courses))
             self.mcv_race_leader.assign(0)
             self.mcv_race_state.assign(RACING)
@@ -155,6 +155,17 @@ class CourseRaceModel(RaceModel):
     def _set_leader_course(self, course):
         self._mcv.leader_course = course
         self.mcv_course.assign(np.asarray(course.as_vector(), "float64"))
+
+    def _plain_lr(self):
+        # After the race, the leader's course sets the LR of every step.
+        return self.mcv_lr
+
+    def _refuses_lr_callbacks(self) -> bool:
+        # The courses set the LR of every step to the end of `fit`.
+        return True
+
+    def _lr_choice(self) -> str:
+        return "at every step, on the course it races"
 
     # ------------------------------------------------------------- each step
 
@@ -209,7 +220,7 @@ class CourseRaceModel(RaceModel):
             kept = race.ranking(judged)[:1]
         entry["survivors"] = [r.slots[s].lr_at(self._mcv.step) for s in kept]
         entry["survivor_courses"] = [r.names[s] for s in kept]
-        self._mcv.branches.reorder(kept)
+        self._reorder_slots(kept)
         r.slots, r.names = [r.slots[s] for s in kept], [r.names[s] for s in kept]
         r.round += 1
         r.epochs_in_round, r.losses = 0, []
@@ -220,7 +231,7 @@ class CourseRaceModel(RaceModel):
 
     def _load_leader(self, slot):
         r = self._mcv.race
-        self._mcv.branches.restore(slot)
+        self._restore_slot(slot)
         self._set_leader_course(r.slots[slot])
         self.mcv_lr.assign(r.slots[slot].lr_at(self._mcv.step))
         self.mcv_race_leader.assign(slot)
@@ -236,7 +247,7 @@ class CourseRaceModel(RaceModel):
                        for name in self.courses]
             keep = course_rules.distinct(courses, step)
             if len(keep) > 1:
-                self._mcv.branches.fill()
+                self._fill_slots()
                 self._mcv.race = _Round("course", number, [courses[i] for i in keep],
                                         [self.courses[i] for i in keep], length=nxt[1])
                 self._mcv.race.decided_this_epoch = True  # it starts with the next epoch

@@ -122,21 +122,22 @@ class RaceModel(LRModel):
 
     Memory: one copy of the weights and the optimizer state per candidate
     (K = 4 with SGD-momentum: 8 copies of the weights), held for the whole
-    `fit`.
+    `fit`; a model saved while the race runs holds them too.
 
     Resuming: while the race runs, the model's saved state (`save`,
     `save_weights`, `keras.callbacks.BackupAndRestore`) includes the
     branches and the race's round, losses and survivors, so a run resumed
-    from a backup goes on with the race exactly where it was: it ends
-    bit-identical to a run that never stopped (with deterministic ops). A
-    model saved after the race holds no branches. A second `fit` in the same
-    process (after early stopping, say) goes on with the race where it
-    stopped.
+    from an epoch's backup (`BackupAndRestore`'s default `save_freq`) goes on
+    with the race exactly where it was: it ends bit-identical to a run that
+    never stopped (with deterministic ops). A model saved after the race
+    holds no branches. A second `fit` in the same process (after early
+    stopping, say) goes on with the race where it stopped.
 
     Args:
         candidates: the candidate LRs. Defaults to `[1e-1, 1e-2, 1e-3, 1e-4]`
             (the thesis's initial list).
-        **kwargs: `keras.Model` arguments (`inputs`, `outputs`, `name`).
+        **kwargs: `steps_per_epoch` (see `LRModel`) and the `keras.Model`
+            arguments (`inputs`, `outputs`, `name`).
 
     References: Jamieson & Talwalkar, Non-stochastic Best Arm Identification and
     Hyperparameter Optimization, AISTATS 2016 (successive halving); Wu et al.,
@@ -269,8 +270,10 @@ class RaceModel(LRModel):
         # this private Keras argument. When the number of steps per epoch is
         # unknown, the race has not closed the epoch yet: close it first, so
         # that validation sees the branch the epoch chose.
-        if kwargs.get("_use_cached_eval_dataset") and self._mcv.race is not None:
-            self._race_end_epoch(late=True)
+        if kwargs.get("_use_cached_eval_dataset"):
+            logs = self._close_epoch_late()
+            if logs:
+                self._mcv.leader_logs = logs
         return super().evaluate(*args, **kwargs)
 
     # -------------------------------------------------------------- dispatch
@@ -287,11 +290,12 @@ class RaceModel(LRModel):
         if self._mcv.metrics_reset:
             self._mcv.metrics_reset = False
             self._on_replicas(self._mcv.metric_branches.fill)
-        if self._mcv.lr_written is None:
-            self._record_lr()
-        if self._lr_now() != self._mcv.lr_written:
-            self._end_race_by_user()
-            return ("plain",)
+        if not self._refuses_lr_callbacks():
+            if self._mcv.lr_written is None:
+                self._record_lr()
+            if self._lr_now() != self._mcv.lr_written:
+                self._end_race_by_user()
+                return ("plain",)
         if self.distribute_strategy.num_replicas_in_sync > 1:
             # `optimizer.apply` cannot run inside a `tf.while_loop` under
             # tf.distribute (its merge_call): unroll, one graph per branch count.
@@ -319,9 +323,7 @@ class RaceModel(LRModel):
             if self._mcv.lr_written is not None and self._lr_now() != self._mcv.lr_written:
                 self._end_race_by_user()
                 return
-            self._on_replicas(self._mcv.metric_branches.fill)
-            self._mcv.metrics_reset = False
-            self._mcv.branches.fill()
+            self._fill_slots()
             self.mcv_race_lrs.assign(np.asarray(self.candidates, "float64"))
             self.mcv_race_alive.assign(len(self.candidates))
             self.mcv_race_leader.assign(0)
@@ -357,8 +359,7 @@ class RaceModel(LRModel):
             )
         else:
             slot = int(self.mcv_race_leader.numpy())
-            self._mcv.branches.restore(slot)
-            self._on_replicas(lambda: self._mcv.metric_branches.restore(slot))
+            self._restore_slot(slot)
             self.optimizer.learning_rate.assign(now)
             lr = self.candidates[r.slots[slot]]
             self.mcv_lr.assign(lr)
@@ -382,18 +383,17 @@ class RaceModel(LRModel):
         r = self._mcv.race
         r.losses.append(np.asarray(self.mcv_race_losses.numpy())[: len(r.slots)].astype(np.float64))
         self.mcv_race_leader.assign(race.running_leader(r.losses))
-        # The step ends with the last branch loaded: its LR is in the optimizer.
-        self._mcv.lr_written = self._lr_as_stored(self.candidates[r.slots[-1]])
+        # The step ends with the last branch loaded, its LR in the optimizer.
+        self._mcv.lr_written = self._lr_now()
         if clock["steps"] is not None and clock["epoch_steps"] >= clock["steps"]:
             # Decide before Keras evaluates `validation_data`, so it sees the leader.
             self._race_end_epoch()
 
-    def _race_end_epoch(self, late=False):
+    def _race_end_epoch(self):
         """Close a race epoch: end the round if due, then load the leader into the model.
 
         The leader comes with its weights, optimizer state (its LR included)
-        and metric state. `late`: the epoch's logs were read before (the
-        number of steps per epoch was unknown); keep the leader's for them.
+        and metric state (`_restore_slot`).
         """
         r = self._mcv.race
         if r is None or r.decided_this_epoch:
@@ -422,13 +422,10 @@ class RaceModel(LRModel):
             leader_slot = 0
         else:
             leader_slot = race.ranking(judged)[0]
-        self._mcv.branches.restore(leader_slot)
-        self._on_replicas(lambda: self._mcv.metric_branches.restore(leader_slot))
+        self._restore_slot(leader_slot)
         self.mcv_lr.assign(self.candidates[r.slots[leader_slot]])
         self.mcv_race_leader.assign(leader_slot)
-        self._mcv.lr_written = self._lr_as_stored(self.candidates[r.slots[leader_slot]])
-        if late:
-            self._mcv.leader_logs = _plain_logs(self.get_metrics_result())
+        self._mcv.lr_written = self._lr_now()
         if len(r.slots) == 1:
             # The race is over: the optimizer holds the winner's LR (restored
             # with its branch), which is the user's from now on.
@@ -438,19 +435,36 @@ class RaceModel(LRModel):
 
     def _compact(self, kept):
         """Move the kept branches to slots 0..len(kept)-1, in `kept` order."""
-        self._mcv.branches.reorder(kept)
-        self._on_replicas(lambda: self._mcv.metric_branches.reorder(kept))
+        self._reorder_slots(kept)
         lrs = np.zeros(len(self.candidates))
         lrs[: len(kept)] = [self.candidates[self._mcv.race.slots[s]] for s in kept]
         self.mcv_race_lrs.assign(lrs)
         self.mcv_race_alive.assign(len(kept))
+
+    # The branches, with their metric state, for subclasses that race other rounds.
+
+    def _fill_slots(self):
+        """Every branch = the model as it is (weights, optimizer, metrics)."""
+        self._mcv.branches.fill()
+        self._on_replicas(self._mcv.metric_branches.fill)
+        self._mcv.metrics_reset = False
+
+    def _restore_slot(self, slot):
+        """Load branch `slot` into the model, its metric state too."""
+        self._mcv.branches.restore(slot)
+        self._on_replicas(lambda: self._mcv.metric_branches.restore(slot))
+
+    def _reorder_slots(self, kept):
+        """Slots 0..len(kept)-1 take the branches `kept` names, in its order."""
+        self._mcv.branches.reorder(kept)
+        self._on_replicas(lambda: self._mcv.metric_branches.reorder(kept))
 
     # ---------------------------------------------------------------- saving
 
     def _save_method_state(self, store):
         """While the race runs: its branches and Python state (round, losses, survivors)."""
         r = self._mcv.race
-        if r is None or self._mcv.branches is None:
+        if not isinstance(r, _Race) or self._mcv.branches is None:
             return
         store["mcv_race"] = _json_bytes(r.to_dict())
         for i, stack in enumerate(self._mcv.branches.stacks):
@@ -491,7 +505,7 @@ class RaceModel(LRModel):
             # After the race: a plain Keras step at the optimizer's own LR.
             loss, y_pred, grads = self._gradient(batch, weight=share)
             global_loss = trials.replica_mean(tf.cast(loss, tf.float32), n)
-            lr = self._apply(grads)
+            lr = self._apply(grads, self._plain_lr())
             self.mcv_ops.assign_add(tf.constant(cost.BASELINE, tf.int64))
             self.mcv_val_loss_tracker.update_state(global_loss)
             return self._update_metrics(
@@ -576,15 +590,27 @@ class RaceModel(LRModel):
         self._epoch_begin(epoch)
 
     def _close_epoch_late(self):
-        """At an epoch's end, when its steps were not counted: decide; the leader's logs."""
-        self._race_end_epoch(late=True)
+        """At an epoch's end, when its steps were not counted: decide; the leader's logs.
+
+        Returns the logs of the branch the epoch chose when this call (or
+        the validation run before it) closed the epoch, else None.
+        """
+        r = self._mcv.race
         logs, self._mcv.leader_logs = self._mcv.leader_logs, None
-        return logs
+        if r is None or r.decided_this_epoch:
+            return logs
+        self._race_end_epoch()
+        return _plain_logs(self.get_metrics_result())
+
+    def _plain_lr(self):
+        """The LR of a plain step: None, the optimizer's own (the user's, after the race)."""
+        return None
 
     def _lr_in_effect(self) -> float:
         """The LR of the model at an epoch's end: the race's choice, or after it the optimizer's."""
         chosen = float(self.mcv_lr.numpy())
-        if self._mcv.race is not None or getattr(self, "optimizer", None) is None:
+        if (self._mcv.race is not None or self._plain_lr() is not None
+                or getattr(self, "optimizer", None) is None):
             return chosen
         now = self._lr_now()
         # The race's choice as the exact number given, until the user sets another.
@@ -597,7 +623,7 @@ class RaceModel(LRModel):
         After the race, `lr` is the optimizer's LR at the epoch's end (before
         the callbacks that run after `EpochLRSelection` change it).
         """
-        self._race_end_epoch(late=True)
+        self._race_end_epoch()
         self._mcv.leader_logs = None
         lr = self._lr_in_effect()
         entry = {"epoch": int(epoch), "lr": lr,
