@@ -111,7 +111,7 @@ class RunContext:
     """What a method's hooks (`Method.callbacks`, `Method.learning_rate`) see of their run.
 
     Attributes:
-        model: the model `Method.build` made, built but not compiled.
+        model: the model `Method.build` made, not compiled yet.
         x, y: the training arrays `fit` gets (without the held-out part).
         validation: `(x, y)` held out as `fit`'s validation data, or None.
         learning_rate: the run's fixed learning rate (`--lr`, else the recipe's).

@@ -38,7 +38,7 @@ def test_plan_and_record_names():
 
 
 def _row(acc, conv, epochs=10):
-    return {"test_accuracy": acc, "val_accuracy": acc, "convergence": conv, "epochs": epochs,
+    return {"failed": acc < bench.FAILED_BELOW, "test_accuracy": acc, "val_accuracy": acc, "convergence": conv, "epochs": epochs,
             "lr_first": 0.01, "lr_last": 0.01, "wall_time_s": 1.0, "status": "complete",
             "clr_bounds": None}
 
@@ -49,6 +49,13 @@ def test_aggregate_counts_no_convergence_as_the_budget():
     assert row["test_accuracy_sd"] == pytest.approx(0.1414213562, rel=1e-8)
     assert row["convergence"] == 7.0 and row["convergences"] == [None, 4]
     assert bench._conv(row) == "none / 4 (mean 7)"
+    # A run at chance level "converges" at once on its flat curve: counted as failed.
+    row = bench.aggregate([_row(0.1, 1), _row(0.7, 4)])
+    assert row["convergences"] == ["failed", 4] and row["convergence"] == 7.0
+    summary = bench.summarize({"epochs": [{"logs": {"val_accuracy": 0.1}, "lr": 0.1}] * 6,
+                               "test": {"loss": None, "accuracy": 0.1}, "config": {},
+                               "method": "clr", "status": "complete"})
+    assert summary["failed"] and summary["convergence"] == 0
 
 
 def test_shape_names_ties_and_the_document():
