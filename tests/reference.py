@@ -44,7 +44,18 @@ def grad_fn(params, x, y, kind):
     return [x.T @ d, d.sum(axis=0)]
 
 
-class Optimizer:
+class _SlotState:
+    """Optimizer state as `([slot arrays per group], iterations)`, copied in and out."""
+
+    def state(self):
+        return ([[s.copy() for s in group] for group in self.slots], self.iterations)
+
+    def set_state(self, state):
+        self.slots = [[s.copy() for s in group] for group in state[0]]
+        self.iterations = state[1]
+
+
+class Optimizer(_SlotState):
     """Keras 3's SGD (with momentum / Nesterov) and Adam update rules."""
 
     def __init__(self, kind, params, momentum=0.9, nesterov=False, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
@@ -55,13 +66,6 @@ class Optimizer:
         if kind == "adam":
             self.slots.append([np.zeros_like(p) for p in params])
         self.iterations = 0
-
-    def state(self):
-        return ([[s.copy() for s in group] for group in self.slots], self.iterations)
-
-    def set_state(self, state):
-        self.slots = [[s.copy() for s in group] for group in state[0]]
-        self.iterations = state[1]
 
     def apply(self, params, grads, lr):
         new = []
@@ -252,7 +256,7 @@ def race(params, opt, epochs, candidates, kind, lrs_after=None):
             current, lr = branches[0], lrs[0]
 
 
-class TorchSGD:
+class TorchSGD(_SlotState):
     """PyTorch's SGD update rule (`torch.optim.SGD`), with the interface of `Optimizer`.
 
     ```
@@ -272,13 +276,6 @@ class TorchSGD:
         self.weight_decay = list(weight_decay)
         self.slots = [[np.zeros_like(p) for p in params]]
         self.iterations = 0
-
-    def state(self):
-        return ([[s.copy() for s in group] for group in self.slots], self.iterations)
-
-    def set_state(self, state):
-        self.slots = [[s.copy() for s in group] for group in state[0]]
-        self.iterations = state[1]
 
     def apply(self, params, grads, lr):
         new = []
