@@ -94,13 +94,10 @@ def problem(name, cifar_subset):
 
 
 def make_optimizer(kind, lr):
-    import keras
+    """The ablation's optimizers: Keras's SGD (momentum 0.9) or Adam, as measured."""
+    from keras_mcv import optimizers
 
-    if kind == "sgd":
-        return keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
-    if kind == "adam":
-        return keras.optimizers.Adam(learning_rate=lr)
-    raise ValueError(kind)
+    return optimizers.make_optimizer(kind, lr, momentum=0.9, momentum_form="keras")
 
 
 def run_one(d, build, m, epochs, opt, seed, lr=None, options=None):

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-E2E_ANCHORS = (("adam", 1e-3), ("schedule_free_adamw", None), ("adam", None, "tuned"))
-"""The extra runs: Adam 1e-3, ScheduleFreeAdamW at its defaults (baselines) and
-the tuned MCV mode with Adam."""
+E2E_ANCHORS = (("adam", 1e-3), ("schedule_free_adamw", None), ("adam", None, "race"),
+               ("adam", None, "course"))
+"""The extra runs: Adam 1e-3, ScheduleFreeAdamW at its defaults, evaluated at its
+averaged point (baselines), and the learning-rate race and the course race with Adam."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="keras-mcv bench e2e",
         description="On one recipe and the same data in one process: the macro-CV grid "
         "(scaled down by the flags), every method, and single runs of Adam 1e-3, "
-        "ScheduleFreeAdamW at its defaults and the tuned MCV mode with Adam. Writes "
+        "ScheduleFreeAdamW at its defaults and the two races with Adam. Writes "
         "records, a Table 4.5-style table and plots under OUT/RECIPE.",
     )
     e.add_argument("--recipe", default="cifar10_small_cnn", help="Defaults to cifar10_small_cnn.")

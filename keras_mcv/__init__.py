@@ -26,9 +26,11 @@ _EXPORTS = {
     # optimizers
     "TorchSGD": "keras_mcv.optimizers",
     # models
+    "AdaptiveNesterovModel": "keras_mcv.models",
     "DiscardModel": "keras_mcv.models",
     "LRModel": "keras_mcv.models",
     "MCVModel": "keras_mcv.models",
+    "PersistencyModel": "keras_mcv.models",
     "RaceModel": "keras_mcv.models",
     "SearchModel": "keras_mcv.models",
     "TUNED_OPTIONS": "keras_mcv.models",
@@ -46,9 +48,11 @@ if TYPE_CHECKING:
     from keras_mcv.range_test import LRFindResult
     from keras_mcv.range_test import lr_find
     from keras_mcv.models import TUNED_OPTIONS
+    from keras_mcv.models import AdaptiveNesterovModel
     from keras_mcv.models import DiscardModel
     from keras_mcv.models import LRModel
     from keras_mcv.models import MCVModel
+    from keras_mcv.models import PersistencyModel
     from keras_mcv.models import RaceModel
     from keras_mcv.models import SearchModel
     from keras_mcv.models import VotingModel

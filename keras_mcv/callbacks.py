@@ -1,9 +1,10 @@
 """Keras callbacks: epoch-end LR selection, MCV stopping, run recording, schedules, monitors.
 
 `default(patience=20)` is the set a user passes to `fit` with the thesis's
-models. `SequenceUpdate` (decay sequences by update strategy) and
-`TrainingMonitor` (update:weight ratios, dead ReLUs, histograms) live in their
-own modules and are re-exported here.
+models. `SequenceUpdate` (decay sequences by update strategy),
+`TrainingMonitor` (update:weight ratios, dead ReLUs, histograms) and
+`ScheduleFreeEvaluation` (ScheduleFreeAdamW evaluated at its averaged point)
+live in their own modules and are re-exported here.
 
 References: thesis section 3.2 (selection and stopping rules of Algorithm 8).
 """
@@ -20,6 +21,7 @@ import keras
 import numpy as np
 
 from keras_mcv import records
+from keras_mcv.schedule_free_eval import ScheduleFreeEvaluation  # noqa: F401 (re-export)
 from keras_mcv.sequence_update import SequenceUpdate  # noqa: F401 (re-export)
 from keras_mcv.training_monitor import TrainingMonitor  # noqa: F401 (re-export)
 from keras_mcv.rules import thesis as thesis_rules

@@ -1,6 +1,6 @@
 """`keras-mcv` command line: parses arguments, then calls library functions.
 
-Subcommands: run, list, tune, compare, report, bench. Nothing heavy is
+Subcommands: run, list, check, lr-find, tune, compare, report, bench. Nothing heavy is
 imported before a subcommand needs it, so `--help` and `list` answer at once.
 """
 
@@ -92,29 +92,39 @@ def _add_tune_parser(sub) -> None:
     """Add `keras-mcv tune RECIPE [...]` (macro-CV baseline, thesis 4.5) to `sub`."""
     p = sub.add_parser(
         "tune",
-        help="macro cross-validation grid search on Keras Tuner (thesis 4.5)",
-        description="Grid over optimizer x learning rate, then decays for the best SGD "
-        "learning rate; each configuration is scored by early stopping on REPEATS "
-        "stratified 80/20 splits, retrained on all training data and tested. "
-        "Resumes from OUT/tuner unless --overwrite. Runs as Keras Tuner's "
+        help="macro-CV grid search (thesis 4.5) or random search, on Keras Tuner",
+        description="--search grid (default): grid over optimizer x learning rate, then "
+        "decays for the best SGD learning rate; each configuration is scored by early "
+        "stopping on REPEATS stratified 80/20 splits, retrained on all training data and "
+        "tested. Resumes from OUT/tuner unless --overwrite. Runs as Keras Tuner's "
         "distributed search when KERASTUNER_TUNER_ID/_ORACLE_IP/_ORACLE_PORT are set "
-        "(start the same command on the chief and on every worker).",
+        "(start the same command on the chief and on every worker). "
+        "--search random: random search over log-uniform ranges of the learning rate, "
+        "L2 and dropout on one 80/20 split, coarse (--trials, --coarse-epochs) then fine "
+        "(ranges narrowed around the coarse best, --epochs), with a warning when the best "
+        "value lies on the border of its range and ensembles of the top fine trials.",
     )
     p.add_argument("recipe", metavar="RECIPE", help="recipe name, e.g. digits_small_cnn")
-    p.add_argument("--optimizers", default="sgd,adam",
-                   help="comma-separated subset of sgd,adam. Defaults to sgd,adam.")
-    p.add_argument("--lrs", default="0.1,0.01,0.001,0.0001",
-                   help="comma-separated stage-1 learning rates. "
+    p.add_argument("--search", default="grid", choices=("grid", "random"),
+                   help="grid (macro-CV, thesis 4.5) or random (coarse to fine). "
+                   "Defaults to grid.")
+    p.add_argument("--optimizers", default=None,
+                   help="[grid] comma-separated subset of sgd,adam. Defaults to sgd,adam.")
+    p.add_argument("--lrs", default=None,
+                   help="[grid] comma-separated stage-1 learning rates. "
                    "Defaults to 0.1,0.01,0.001,0.0001.")
-    p.add_argument("--decays", default="0.001,0.0005,0.0001",
-                   help="comma-separated stage-2 decay rates for the best SGD learning "
+    p.add_argument("--decays", default=None,
+                   help="[grid] comma-separated stage-2 decay rates for the best SGD learning "
                    "rate; 'none' skips stage 2. Defaults to 0.001,0.0005,0.0001.")
-    p.add_argument("--repeats", type=positive_int, default=5,
-                   help="stratified splits per configuration. Defaults to 5.")
-    p.add_argument("--patience", type=positive_int, default=20,
-                   help="early-stopping patience in epochs. Defaults to 20.")
-    p.add_argument("--max-epochs", type=positive_int, default=100,
-                   help="epoch cap of each split run. Defaults to 100.")
+    p.add_argument("--repeats", type=positive_int, default=None,
+                   help="[grid] stratified splits per configuration. Defaults to 5.")
+    p.add_argument("--patience", type=positive_int, default=None,
+                   help="[grid] early-stopping patience in epochs. Defaults to 20.")
+    p.add_argument("--max-epochs", type=positive_int, default=None,
+                   help="[grid] epoch cap of each split run. Defaults to 100.")
+    for flag, text in RANDOM_FLAGS.items():
+        p.add_argument(flag, default=None, help=f"[random] {text}",
+                       type=positive_int if flag in _RANDOM_INT_FLAGS else str)
     p.add_argument("--subset", type=positive_int, default=None,
                    help="keep the first N training examples (stratified). Defaults to all.")
     p.add_argument("--data", default=None,
@@ -126,7 +136,8 @@ def _add_tune_parser(sub) -> None:
     _add_momentum_form(p)
     p.add_argument("--out", default=None,
                    help=f"output directory. Defaults to {DEFAULT_OUT}/RECIPE/macro "
-                   "(macro_kerasmom with --momentum-form keras).")
+                   "(grid; macro_kerasmom with --momentum-form keras) or "
+                   ".../random_search (random).")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh instead of resuming OUT/tuner.")
     p.add_argument("--verbose", type=int, default=1,
@@ -135,16 +146,60 @@ def _add_tune_parser(sub) -> None:
     p.set_defaults(func=_cmd_tune)
 
 
+RANDOM_FLAGS = {
+    "--trials": "trials of the coarse stage. Defaults to 8.",
+    "--fine-trials": "trials of the fine stage. Defaults to --trials.",
+    "--coarse-epochs": "epochs of a coarse trial. Defaults to 2.",
+    "--epochs": "epochs of a fine trial. Defaults to 10.",
+    "--ensemble": "report ensembles of the top k = 1..K fine trials (0: none). Defaults to 3.",
+    "--lr-range": "LOW,HIGH[,linear] of the learning rate, or none. Defaults to 1e-4,1 (log).",
+    "--l2-range": "LOW,HIGH[,linear] of the L2 factor, or none. Defaults to 1e-6,1e-2 (log).",
+    "--dropout-range": "LOW,HIGH[,linear] of the dropout rate, or none. "
+                       "Defaults to 0.01,0.5 (log).",
+    "--shrink": "fine range width / coarse range width, in (0, 1]. Defaults to 0.25.",
+}
+"""`tune --search random`'s own flags (refused with the grid)."""
+
+_RANDOM_INT_FLAGS = ("--trials", "--fine-trials", "--coarse-epochs", "--epochs")
+_GRID_FLAGS = ("--optimizers", "--lrs", "--decays", "--repeats", "--patience", "--max-epochs")
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _check_search_flags(args) -> None:
+    """Refuse the flags of the other kind of search, by name."""
+    own, other = (_GRID_FLAGS, RANDOM_FLAGS)
+    if args.search == "random":
+        own, other = other, own
+    given = [f for f in other if getattr(args, _dest(f)) is not None]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} does not apply to --search {args.search}; "
+            f"its flags are {', '.join(own)}."
+        )
+
+
 def _cmd_tune(args) -> int:
-    """Run `keras-mcv tune`: load the recipe and data, run the grid, print and save it."""
+    """Run `keras-mcv tune`: load the recipe and data, run the search, print and save it."""
     import os
 
     floats = _floats
     try:
         config = _load_recipe(args.recipe)
+        _check_search_flags(args)
     except (ImportError, KeyError, ValueError) as e:
         print(f"keras-mcv tune: {e}", file=sys.stderr)
         return 2
+    if args.search == "random":
+        return _cmd_random_search(args, config)
+    defaults = {"optimizers": "sgd,adam", "lrs": "0.1,0.01,0.001,0.0001",
+                "decays": "0.001,0.0005,0.0001", "repeats": 5, "patience": 20,
+                "max_epochs": 100}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     from keras_mcv import experiment, macro
 
     try:
@@ -168,7 +223,7 @@ def _cmd_tune(args) -> int:
             project_dir=os.path.join(out, "tuner"),
             overwrite=args.overwrite, seed=args.seed, verbose=args.verbose,
         )
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:  # keras_mcv.data.DataError is a ValueError
         print(f"keras-mcv tune: {e}", file=sys.stderr)
         return 2
     if result is None:
@@ -181,6 +236,60 @@ def _cmd_tune(args) -> int:
         print(f"winner: {result.winner.label()}")
     print(f"total wall time: {result.wall_time_s:.1f} s")
     print(f"wrote {path} and {os.path.join(out, macro.TABLE_NAME)}")
+    return 0
+
+
+def _cmd_random_search(args, config) -> int:
+    """`keras-mcv tune RECIPE --search random`: coarse-to-fine random search, printed and saved."""
+    import os
+    import warnings
+
+    from keras_mcv import experiment
+    from keras_mcv.macro import random_search as rs
+
+    out = args.out or os.path.join(DEFAULT_OUT, config.name, "random_search")
+    try:
+        ranges = []
+        for default in rs.DEFAULT_RANGES:
+            flag = {"learning_rate": "lr_range"}.get(default.name, f"{default.name}_range")
+            text = getattr(args, flag)
+            if text is None:
+                ranges.append(default)
+            elif text.strip().lower() != "none":
+                ranges.append(rs.parse_range(default.name, text))
+        try:
+            ensemble = 3 if args.ensemble is None else int(args.ensemble)
+            shrink = 0.25 if args.shrink is None else float(args.shrink)
+        except ValueError:
+            raise ValueError(
+                "--ensemble takes an integer >= 0 and --shrink a number in (0, 1]."
+            ) from None
+        trials = args.trials or 8
+        settings = dict(
+            ranges=ranges, trials=trials, fine_trials=args.fine_trials or trials,
+            coarse_epochs=args.coarse_epochs or 2, epochs=args.epochs or 10,
+            shrink=shrink, ensemble=ensemble, optimizer=config.optimizer,
+            momentum=config.momentum, learning_rate=config.learning_rate,
+            momentum_form=experiment.momentum_form_of(config, args.momentum_form),
+            batch_size=args.batch_size or config.batch_size,
+        )
+        rs.check_settings(**settings)
+        data_path = args.data if args.data is not None else config.data_path
+        data = config.load_data(data_path, args.subset)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # printed from the result below
+            result = rs.random_search(
+                config.build_model, data, project_dir=os.path.join(out, "tuner"),
+                overwrite=args.overwrite, seed=args.seed, verbose=args.verbose, **settings,
+            )
+    except ValueError as e:
+        print(f"keras-mcv tune: {e}", file=sys.stderr)
+        return 2
+    path = result.save(out)
+    print(result.to_markdown())
+    for text in result.warnings:
+        print(f"warning: {text}", file=sys.stderr)
+    print(f"wrote {path} and {os.path.join(out, rs.TABLE_NAME)}")
     return 0
 
 
@@ -218,11 +327,37 @@ def _add_run_parsers(sub) -> None:
     p.add_argument("--trial-batch-size", type=positive_int, default=None,
                    help="judge trials on this many validation examples (noisier, cheaper). "
                    "Defaults to the whole validation half.")
-    p.add_argument("--optimizer", default=None, choices=("sgd", "adam", "schedule_free_adamw"),
+    p.add_argument("--optimizer", default=None,
+                   choices=("sgd", "adam", "schedule_free_adamw", "adagrad"),
                    help="override the recipe's optimizer (the record's name says so).")
     p.add_argument("--lr", type=float, default=None,
-                   help="override the recipe's learning rate of fixed-LR runs.")
+                   help="override the recipe's learning rate of fixed-LR runs (decay: r0).")
     _add_momentum_form(p)
+    p.add_argument("--persistency", type=positive_int, default=None, metavar="K",
+                   help="K updates on each minibatch (minibatch persistency; baseline). "
+                   "Defaults to 1, standard training.")
+    p.add_argument("--ema", action="store_true",
+                   help="keep Keras's moving average of the weights (use_ema) and test it.")
+    p.add_argument("--augment", action="store_true",
+                   help="random flip, 4-pixel translation and brightness/contrast jitter "
+                   "(image recipes; refused for digits).")
+    p.add_argument("--validation-split", type=float, default=None,
+                   help="hold out this share of the training set (stratified) as validation "
+                   "data. Defaults to 0.2 for decay, else 0.")
+    g = p.add_argument_group("decay (docs/schedules.md)")
+    g.add_argument("--sequence", default=None, help="seq1, seq2, seq3 or seq4. Defaults to seq3.")
+    g.add_argument("--strategy", default=None,
+                   help="epoch, cutoff or oscillate. Defaults to epoch.")
+    g = p.add_argument_group("clr (docs/schedules.md)")
+    g.add_argument("--clr-mode", default=None,
+                   help="triangular, triangular2 or exp_range. Defaults to triangular.")
+    g.add_argument("--base-lr", type=float, default=None,
+                   help="lower bound. Defaults to the LR range test's.")
+    g.add_argument("--max-lr", type=float, default=None,
+                   help="upper bound. Defaults to the LR range test's.")
+    g.add_argument("--step-size", type=float, default=None,
+                   help="iterations in half a cycle. Defaults to 2-4 epochs' worth, "
+                   "ending the run at the end of a cycle.")
     p.add_argument("--seed", type=int, default=0, help="seed. Defaults to 0.")
     p.add_argument("--out", default=DEFAULT_OUT,
                    help=f"output directory. Defaults to {DEFAULT_OUT}.")
@@ -241,18 +376,28 @@ def _cmd_run(args) -> int:
         method = args.method or config.method
         candidates = _floats(args.candidates, "--candidates") if args.candidates else None
         options = dict(alpha=args.alpha, trial_every=args.trial_every,
-                       trial_batch_size=args.trial_batch_size, candidates=candidates)
-        experiment.check_run_options(method, args.optimizer, args.momentum_form, **options)
+                       trial_batch_size=args.trial_batch_size, candidates=candidates,
+                       persistency=args.persistency,
+                       sequence=args.sequence, strategy=args.strategy, clr_mode=args.clr_mode,
+                       base_lr=args.base_lr, max_lr=args.max_lr, step_size=args.step_size)
+        experiment.check_run_options(method, args.optimizer, args.momentum_form,
+                                     learning_rate=args.lr, ema=args.ema,
+                                     validation_split=args.validation_split, **options)
+        if args.augment:
+            experiment.check_augment(config)
         data_path = args.data if args.data is not None else config.data_path
         data = config.load_data(data_path, args.subset)
     except (ValueError, data_lib.DataError, FileNotFoundError) as e:
-        print(f"keras-mcv run: {e}", file=sys.stderr)
+        default = " (the recipe's default method; choose one with --method)"
+        print(f"keras-mcv run: {e}{default if args.method is None and 'method' in str(e) else ''}",
+              file=sys.stderr)
         return 2
     record = experiment.run_method(
         config, method, epochs=args.epochs, batch_size=args.batch_size,
         patience=args.patience, out_dir=args.out, seed=args.seed, verbose=args.verbose,
         optimizer=args.optimizer, learning_rate=args.lr, momentum_form=args.momentum_form,
-        data=data, **options,
+        data=data, ema=args.ema, augment=args.augment,
+        validation_split=args.validation_split, **options,
     )
     test = record["test"]
     print(
@@ -278,9 +423,110 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _add_check_parser(sub) -> None:
+    """Add `keras-mcv check RECIPE`: the sanity checks before learning, and a gradient check."""
+    p = sub.add_parser(
+        "check",
+        help="sanity checks before learning (and a gradient check) on a recipe's network",
+        description="Build RECIPE's network, compile it with the recipe's optimizer and run "
+        "keras_mcv.practice.sanity_check on N training examples (initial loss near ln C, "
+        "loss rising with L2, 20 examples overfit), then gradient_check on 2 examples "
+        "(float64, step 1e-6). "
+        "Exit status 0 when every check passes, 1 when one fails.",
+    )
+    p.add_argument("recipe", metavar="RECIPE", help="recipe name (`keras-mcv list`)")
+    p.add_argument("--examples", type=positive_int, default=200,
+                   help="training examples the checks use. Defaults to 200.")
+    p.add_argument("--no-gradient-check", action="store_true",
+                   help="skip the float64 gradient check (slow on large networks).")
+    p.add_argument("--data", default=None, help="data path. Defaults to the recipe's.")
+    p.add_argument("--seed", type=int, default=0, help="seed. Defaults to 0.")
+    p.set_defaults(func=_cmd_check)
+
+
+def _cmd_check(args) -> int:
+    from keras_mcv import data as data_lib
+
+    try:
+        config = _load_recipe(args.recipe)
+        data_path = args.data if args.data is not None else config.data_path
+        data = config.load_data(data_path, args.examples)
+    except (ValueError, data_lib.DataError, FileNotFoundError) as e:
+        print(f"keras-mcv check: {e}", file=sys.stderr)
+        return 2
+    from keras_mcv import experiment
+
+    report, gradients = experiment.check_recipe(
+        config, data, gradient=not args.no_gradient_check, seed=args.seed
+    )
+    print(f"{config.name}: sanity checks on {len(data.y_train)} training examples")
+    print(report)
+    if gradients is not None:
+        print(gradients)
+    passed = report.passed and (gradients is None or gradients.passed)
+    print("all checks passed" if passed else "a check failed")
+    return 0 if passed else 1
+
+
+def _add_lr_find_parser(sub) -> None:
+    """Add `keras-mcv lr-find RECIPE [--out DIR]`: the LR range test on a fresh network."""
+    p = sub.add_parser(
+        "lr-find",
+        help="LR range test: suggestion and cyclical-LR bounds, with a plot",
+        description="Train RECIPE's fresh network while the learning rate rises from "
+        "--min-lr to --max-lr (one rate per step), restore it, and print the suggested "
+        "LR and the bounds for a cyclical LR; write OUT/RECIPE_lr_find.png (both marked) "
+        "and OUT/RECIPE_lr_find.json.",
+    )
+    p.add_argument("recipe", metavar="RECIPE", help="recipe name (`keras-mcv list`)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory. Defaults to {DEFAULT_OUT}.")
+    p.add_argument("--optimizer", default=None, choices=("sgd", "adam", "schedule_free_adamw"),
+                   help="override the recipe's optimizer.")
+    p.add_argument("--min-lr", type=float, default=None, help="first LR. Defaults to 1e-7.")
+    p.add_argument("--max-lr", type=float, default=None, help="last LR. Defaults to 10.")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps of the sweep. Defaults to one epoch of batches, at least 100.")
+    p.add_argument("--mode", default=None,
+                   help="exponential or linear. Defaults to exponential.")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="batch. Defaults to the recipe's.")
+    p.add_argument("--subset", type=positive_int, default=None,
+                   help="first N training examples, stratified. Defaults to all.")
+    p.add_argument("--data", default=None, help="data path (folder, zip or tfds dir).")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights. Defaults to 0.")
+    p.set_defaults(func=_cmd_lr_find)
+
+
+def _cmd_lr_find(args) -> int:
+    from keras_mcv import data as data_lib
+    from keras_mcv import experiment
+
+    try:
+        config = _load_recipe(args.recipe)
+        data_path = args.data if args.data is not None else config.data_path
+        result, png, js = experiment.lr_find_recipe(
+            config, args.out, optimizer=args.optimizer, batch_size=args.batch_size,
+            subset=args.subset, data_path=data_path, seed=args.seed, min_lr=args.min_lr,
+            max_lr=args.max_lr, steps=args.steps, mode=args.mode,
+        )
+    except (ValueError, data_lib.DataError, FileNotFoundError) as e:
+        print(f"keras-mcv lr-find: {e}", file=sys.stderr)
+        return 2
+    suggestion = "none" if result.suggestion is None else f"{result.suggestion:.3g}"
+    bounds = ("none (no rise)" if result.bounds is None
+              else f"{result.bounds[0]:.3g} to {result.bounds[1]:.3g}")
+    stop = f", stopped: {result.stop_reason}" if result.stop_reason else ""
+    print(f"{config.name}: suggested LR {suggestion}; CLR bounds {bounds} "
+          f"({len(result.learning_rates)} steps{stop})\nwrote {png}\nwrote {js}")
+    return 0
+
+
+
 BENCHMARKS = {
     "step": ("benchmarks.step_bench", "MCV train step on 2m images vs the plain Keras step on m"),
     "e2e": ("benchmarks.e2e", "time to accuracy: macro-CV grid, every method and anchors"),
+    "schedules": ("benchmarks.schedules",
+                  "decay sequences x strategies against fixed SGD/Adam, CLR and the race"),
 }
 """`keras-mcv bench NAME ARGS` runs `main(ARGS)` of the module; `ARGS --help` lists its flags."""
 
@@ -289,7 +535,7 @@ def _add_bench_parser(sub) -> None:
     """Add `keras-mcv bench {step,e2e} [...]`: the benchmarks, which live outside the package."""
     p = sub.add_parser(
         "bench",
-        help="performance benchmarks (step, e2e)",
+        help="benchmarks (step, e2e, schedules)",
         description="Performance benchmarks, timed in one process. "
         + " ".join(f"{name}: {text}." for name, (_, text) in BENCHMARKS.items())
         + " `keras-mcv bench NAME --help` lists a benchmark's flags.",
@@ -361,6 +607,7 @@ def _add_compare_parser(sub) -> None:
 
 
 def _cmd_compare(args) -> int:
+    from keras_mcv import data as data_lib
     from keras_mcv import experiment
 
     try:
@@ -377,12 +624,14 @@ def _cmd_compare(args) -> int:
                 "decays": _floats(args.decays, "--decays"),
                 "repeats": args.repeats, "patience": args.patience, "max_epochs": args.max_epochs,
             }
-    except ValueError as e:
+        data_path = args.data if args.data is not None else config.data_path
+        data = config.load_data(data_path, args.subset)
+    except (ValueError, data_lib.DataError, FileNotFoundError) as e:
         print(f"keras-mcv compare: {e}", file=sys.stderr)
         return 2
     report = experiment.compare(
         config, methods=methods, alpha=args.alpha, epochs=args.epochs, anchors=anchors,
-        batch_size=args.batch_size, subset=args.subset, data_path=args.data,
+        batch_size=args.batch_size, subset=args.subset, data=data,
         macro_settings=macro_settings, out_dir=args.out, seed=args.seed,
         momentum_form=args.momentum_form,
     )
@@ -400,6 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     # --- run / list (core) ---
     _add_run_parsers(sub)
+    _add_check_parser(sub)
+    _add_lr_find_parser(sub)
     # --- tune (macro-CV baseline) ---
     _add_tune_parser(sub)
     # --- compare / report ---

@@ -8,7 +8,10 @@ name -> Method(build(net, options) -> model,   # the model class that runs it
                batch_multiple,                 # fit's batch = multiple x m
                step_cost(K, alpha),            # thesis Table 4.1 row of a trial step
                label, summary,                 # report and `keras-mcv list`
-               options, defaults)              # what it accepts, checked once
+               options, defaults,              # what it accepts, checked once
+               takes_optimizer,                # False: compiled without an optimizer
+               check, callbacks, learning_rate,  # optional hooks (schedules)
+               validation_split)               # share of training data held out
 ```
 The command line's choices, `experiment.run_method`, the report and the
 benchmarks read this table; nothing else decodes a method name. Adding a
@@ -23,19 +26,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from typing import Callable, Mapping
 
 from keras_mcv import cost
 
-OPTION_NAMES = ("alpha", "trial_every", "trial_batch_size", "candidates")
+OPTION_NAMES = (
+    "alpha", "trial_every", "trial_batch_size", "candidates", "persistency",
+    "sequence", "strategy", "clr_mode", "base_lr", "max_lr", "step_size",
+)
 """Options a method may accept (`Method.options`); each is refused elsewhere."""
 
-_OPTION_FLAGS = {
-    "alpha": "--alpha",
-    "trial_every": "--trial-every",
-    "trial_batch_size": "--trial-batch-size",
-    "candidates": "--candidates",
-}
+_OPTION_FLAGS = {name: "--" + name.replace("_", "-") for name in OPTION_NAMES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,22 @@ class Method:
         selects_per_epoch: True when the model decides at epoch ends and takes
             the thesis's MCV stopping rule (`callbacks.default`).
         name_options: options that appear in the run record's file name.
+        takes_optimizer: False when the model computes its own update and is
+            compiled without an optimizer (`--optimizer`, `--lr` and `--ema`
+            are then refused). Defaults to True.
+        check: `check(options, settings)` raises a clear `ValueError` for a
+            combination the method refuses; `settings` holds the run's
+            `learning_rate` (None: not given) and `validation_split`.
+            Defaults to None (nothing more to check).
+        callbacks: `callbacks(options, context)` -> Keras callbacks the run
+            adds to `fit` (`context`: `experiment.RunContext`). Defaults to
+            None (none).
+        learning_rate: `learning_rate(options, context)` -> the optimizer's
+            learning rate (a number or a `LearningRateSchedule`). Defaults to
+            None (the run's fixed rate).
+        validation_split: share of the training set held out (stratified) as
+            `fit`'s validation data unless the run says otherwise. Defaults
+            to 0.0 (none).
     """
 
     name: str
@@ -77,6 +95,15 @@ class Method:
     fixed_lr: bool = False
     selects_per_epoch: bool = True
     name_options: tuple = ()
+    takes_optimizer: bool = True
+    check: Callable | None = None
+    callbacks: Callable | None = None
+    learning_rate: Callable | None = None
+    validation_split: float = 0.0
+
+    def label_for(self, options: Mapping) -> str:
+        """The report label with the run's options filled in, e.g. "Decay seq3 by cutoff"."""
+        return self.label.format_map({**self.defaults, **(options or {})})
 
     def fit_batch_size(self, m: int) -> int:
         """The batch `fit` gets for a gradient batch of `m`."""
@@ -102,8 +129,8 @@ class Method:
         return options
 
     def run_name(self, options: Mapping, optimizer=None, learning_rate=None,
-                 momentum_form=None) -> str:
-        """File stem of a run record, e.g. `search2_alpha0.5`, `baseline_adam_lr0.001`.
+                 momentum_form=None, validation_split=None) -> str:
+        """File stem of a run record, e.g. `search2_alpha0.5`, `decay_seq3_cutoff`.
 
         Args:
             options: the run's options (`resolve_options`).
@@ -112,11 +139,13 @@ class Method:
             momentum_form: the SGD momentum form of the run, or None (not SGD):
                 "keras" adds `_kerasmom`, so both forms' records sit side by
                 side; "torch" (the thesis's, the default) adds nothing.
+            validation_split: a held-out share other than the method's, or None.
         """
         name = self.name
         for key in self.name_options:
             if key in options:
-                name += f"_{key}{options[key]:g}"
+                value = options[key]
+                name += f"_{value}" if isinstance(value, str) else f"_{key}{value:g}"
         if optimizer is not None:
             name += f"_{optimizer}"
         if learning_rate is not None:
@@ -125,6 +154,8 @@ class Method:
             name += f"_tbs{int(options['trial_batch_size'])}"
         if momentum_form == "keras":
             name += "_kerasmom"
+        if validation_split is not None and validation_split != self.validation_split:
+            name += f"_val{validation_split:g}"
         return name
 
 
@@ -132,7 +163,7 @@ def _check_values(options: Mapping) -> None:
     alpha = options.get("alpha")
     if alpha is not None and not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}.")
-    for key in ("trial_every", "trial_batch_size"):
+    for key in ("trial_every", "trial_batch_size", "persistency"):
         value = options.get(key)
         if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
             raise ValueError(f"{_OPTION_FLAGS[key]} must be an integer >= 1, got {value!r}.")
@@ -141,6 +172,26 @@ def _check_values(options: Mapping) -> None:
         from keras_mcv.rules import thesis as thesis_rules
 
         thesis_rules.validate_candidates(candidates)
+    if any(options.get(k) is not None for k in ("sequence", "strategy", "clr_mode")):
+        from keras_mcv import schedules, sequence_update  # imports Keras: only when given
+
+        for key, valid in (("sequence", schedules.SEQUENCES),
+                           ("strategy", sequence_update.STRATEGIES),
+                           ("clr_mode", schedules.CLR_MODES)):
+            if options.get(key) is not None and options[key] not in valid:
+                raise ValueError(f"Unknown {_OPTION_FLAGS[key]} {options[key]!r}; "
+                                 f"choose one of {', '.join(valid)}.")
+    for key in ("base_lr", "max_lr", "step_size"):
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value <= 0):
+            raise ValueError(f"{_OPTION_FLAGS[key]} must be a number > 0, got {value!r}.")
+    base, top = options.get("base_lr"), options.get("max_lr")
+    if base is not None and top is not None and top <= base:
+        raise ValueError(f"--max-lr ({top:g}) must be greater than --base-lr ({base:g}).")
+    if options.get("step_size") is not None and options["step_size"] < 1:
+        raise ValueError(f"--step-size must be >= 1 iteration (half a cycle), "
+                         f"got {options['step_size']:g}.")
 
 
 REGISTRY: dict = {}
@@ -193,7 +244,11 @@ def _candidate_options(options):
 
 
 def _build_plain(net, options):
-    return net
+    if "persistency" not in options:
+        return net
+    from keras_mcv.models.persistency import PersistencyModel
+
+    return PersistencyModel.wrap(net, persistency=options["persistency"])
 
 
 def _build_discard(net, options):
@@ -239,6 +294,7 @@ _SPLIT = ("trial_every", "trial_batch_size", "candidates")
 register(Method(
     "baseline", "Baseline", "plain Keras training at the optimizer's fixed learning rate",
     _build_plain, fixed_lr=True, selects_per_epoch=False,
+    options=("persistency",), name_options=("persistency",),
 ))
 register(Method(
     "discard", "MCV-discard",
@@ -279,4 +335,60 @@ register(Method(
     "race", "LR race",
     "the learning-rate race: successive halving of candidate LRs over rounds of epochs",
     _build_race, options=("candidates",),
+))
+
+
+def _build_course(net, options):
+    from keras_mcv.models.course_race import CourseRaceModel
+
+    return CourseRaceModel.wrap(net, **_candidate_options(options))
+
+
+register(Method(
+    "course", "LR course race",
+    "the race, then LR courses (keep, decays, neighbouring levels) raced from the winner's point",
+    _build_course, options=("candidates",),
+))
+
+
+def _build_adaptive_nesterov(net, options):
+    from keras_mcv.models.adaptive_nesterov import AdaptiveNesterovModel
+
+    return AdaptiveNesterovModel.wrap(net)
+
+
+register(Method(
+    "adaptive-nesterov", "Adaptive Nesterov",
+    "Nesterov momentum with Polyak's step size computed every step (Mandatelli 2018, Alg. 5)",
+    _build_adaptive_nesterov, selects_per_epoch=False, takes_optimizer=False,
+))
+
+
+def _hook(name):
+    """A hook of `keras_mcv.schedule_methods`, imported when it runs."""
+
+    def hook(*args):
+        from keras_mcv import schedule_methods
+
+        return getattr(schedule_methods, name)(*args)
+
+    return hook
+
+
+register(Method(
+    "decay", "Decay {sequence} by {strategy}",
+    "a decay sequence (seq1-seq4) popped by epoch, by cutoff or when the validation loss rises",
+    _build_plain, options=("sequence", "strategy"),
+    defaults={"sequence": "seq3", "strategy": "epoch"}, selects_per_epoch=False,
+    name_options=("sequence", "strategy"), validation_split=0.2,
+    check=_hook("decay_check"), callbacks=_hook("decay_callbacks"),
+))
+register(Method(
+    "clr", "CLR {clr_mode}",
+    "cyclical learning rate (Smith); bounds from the LR range test unless given",
+    _build_plain, options=("clr_mode", "base_lr", "max_lr", "step_size"),
+    defaults={"clr_mode": "triangular"}, selects_per_epoch=False,
+    name_options=("clr_mode", "base_lr", "max_lr", "step_size"),
+    check=_hook("clr_check"), callbacks=_hook("clr_callbacks"),
+    learning_rate=_hook("clr_learning_rate"),
 ))

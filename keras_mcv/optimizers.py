@@ -169,10 +169,58 @@ class TorchSGD(keras.optimizers.Optimizer):
         return config
 
 
-OPTIMIZERS = ("sgd", "adam", "schedule_free_adamw")
+@keras.saving.register_keras_serializable(package="keras_mcv")
+class ScheduleFreeAdamW(keras.optimizers.ScheduleFreeAdamW):
+    """`keras.optimizers.ScheduleFreeAdamW` with the averaged point recovered before the step.
+
+    ```
+    x_{t-1} = (y_{t-1} - (1 - beta_1) z_{t-1}) / beta_1       # before z moves
+    v_t = v_{t-1} + (g^2 - v_{t-1}) (1 - beta_2)
+    z_t = z_{t-1} - lr_t g / (sqrt(v_t / (1 - beta_2^t)) + eps)
+    x_t = (1 - 1/t) x_{t-1} + (1/t) z_t
+    y_t = (1 - beta_1) z_t + beta_1 x_t                       # the model's variables
+    ```
+    Keras 3.15's `update_step` reads `z_{t-1}` through the slot variable after
+    it has already stepped it to `z_t` (on the TensorFlow backend the read
+    follows the write), so it recovers `x_{t-1} + (1 - beta_1) / beta_1 (z_{t-1} - z_t)`
+    instead of `x_{t-1}`: every step moves the average a little back up the
+    gradient, which the authors' algorithm does not do. This class takes the
+    read before the step; everything else (arguments, slots, warm-up, `1/t`
+    averaging weights) is Keras's. Evaluate it at `x` with
+    `keras_mcv.callbacks.ScheduleFreeEvaluation`.
+
+    Args: those of `keras.optimizers.ScheduleFreeAdamW`. Defaults to Keras's.
+
+    References: Defazio et al., The Road Less Scheduled, NeurIPS 2024,
+    Algorithm 1 (Schedule-Free AdamW).
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        """One Schedule-Free AdamW step on `variable` (which holds y)."""
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        local_step = ops.cast(self.iterations + 1, variable.dtype)
+        beta_1 = ops.cast(self.beta_1, variable.dtype)
+        beta_2 = ops.cast(self.beta_2, variable.dtype)
+        epsilon = ops.cast(self.epsilon, variable.dtype)
+        if self.warmup_steps > 0:
+            lr = lr * ops.minimum(local_step / ops.cast(self.warmup_steps, variable.dtype), 1.0)
+        # Keras's private slot lists and index (no public accessor), as its own update_step.
+        index = self._get_variable_index(variable)
+        z, velocity = self._momentums[index], self._velocities[index]
+        x_old = ops.divide(ops.subtract(variable, ops.multiply(1 - beta_1, z)), beta_1)
+        self.assign_add(velocity, ops.multiply(ops.subtract(ops.square(gradient), velocity), 1 - beta_2))
+        denom = ops.add(ops.sqrt(velocity / (1 - ops.power(beta_2, local_step))), epsilon)
+        self.assign_sub(z, ops.divide(ops.multiply(lr, gradient), denom))
+        weight = 1.0 / local_step
+        x_new = ops.add(ops.multiply(1 - weight, x_old), ops.multiply(weight, z))
+        self.assign(variable, ops.add(ops.multiply(1 - beta_1, z), ops.multiply(beta_1, x_new)))
+
+
+OPTIMIZERS = ("sgd", "adam", "schedule_free_adamw", "adagrad")
 """Names `make_optimizer` accepts."""
 
-DEFAULT_LEARNING_RATES = {"sgd": 0.01, "adam": 0.001}
+DEFAULT_LEARNING_RATES = {"sgd": 0.01, "adam": 0.001, "adagrad": 0.01}
 """The learning rate of a name when none is given (ScheduleFreeAdamW: Keras's default)."""
 
 
@@ -198,6 +246,7 @@ def make_optimizer(
     decay: Optional[float] = None,
     momentum: float = 0.9,
     momentum_form: str = "keras",
+    use_ema: bool = False,
 ):
     """The optimizer called `name`, at `learning_rate`, optionally decayed.
 
@@ -206,12 +255,15 @@ def make_optimizer(
     "sgd", momentum_form "torch" -> TorchSGD(lr_t, momentum=momentum)
     "sgd", momentum_form "keras" -> keras.optimizers.SGD(lr_t, momentum=momentum)
     "adam"                       -> keras.optimizers.Adam(lr_t)
-    "schedule_free_adamw"        -> keras.optimizers.ScheduleFreeAdamW(lr_t)
+    "schedule_free_adamw"        -> ScheduleFreeAdamW(lr_t) (Keras's, x read before the step)
+    "adagrad"                    -> keras.optimizers.Adagrad(lr_t)
+    use_ema: every one also keeps Keras's exponential moving average of the weights
     ```
 
     Args:
         name: one of `OPTIMIZERS`.
-        learning_rate: the (initial) learning rate. Defaults to
+        learning_rate: the (initial) learning rate, or a Keras
+            `LearningRateSchedule` (used as it is). Defaults to
             `DEFAULT_LEARNING_RATES[name]`, or Keras's default for
             ScheduleFreeAdamW (a learning-rate-free anchor at its defaults).
         decay: `InverseTimeDecay` rate per optimizer step (the thesis's
@@ -219,28 +271,42 @@ def make_optimizer(
         momentum: SGD momentum. Defaults to 0.9.
         momentum_form: "torch" or "keras" (`MOMENTUM_FORMS`); only SGD reads
             it. Defaults to "keras" (the recipes pass the thesis's "torch").
+        use_ema: Keras's own `use_ema=True` (momentum 0.99): the optimizer
+            keeps an exponential moving average of the weights, which `fit`
+            copies into the model when it ends; evaluate during training with
+            `keras.callbacks.SwapEMAWeights`. Defaults to False.
 
     References: thesis section 4.5 (the grid's optimizers and decay; its runs
-    used PyTorch's SGD).
+    used PyTorch's SGD); Duchi, Hazan & Singer, Adaptive Subgradient Methods,
+    JMLR 2011 (AdaGrad); Bakhshi, Training Neural Networks (lecture 09),
+    section 5.1 (running average of the parameters).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}.")
     check_momentum_form(momentum_form)
     kwargs = {}
-    if learning_rate is not None or name in DEFAULT_LEARNING_RATES:
+    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        if decay:
+            raise ValueError("decay applies to a number learning rate; this one is a schedule.")
+        kwargs["learning_rate"] = learning_rate
+    elif learning_rate is not None or name in DEFAULT_LEARNING_RATES:
         lr = float(DEFAULT_LEARNING_RATES[name] if learning_rate is None else learning_rate)
         if decay:
             lr = keras.optimizers.schedules.InverseTimeDecay(
                 lr, decay_steps=1, decay_rate=float(decay)
             )
         kwargs["learning_rate"] = lr
+    if use_ema:
+        kwargs["use_ema"] = True
     if name == "sgd" and momentum_form == "torch":
         return TorchSGD(momentum=momentum, **kwargs)
     if name == "sgd":
         return keras.optimizers.SGD(momentum=momentum, **kwargs)
     if name == "adam":
         return keras.optimizers.Adam(**kwargs)
-    return keras.optimizers.ScheduleFreeAdamW(**kwargs)
+    if name == "adagrad":
+        return keras.optimizers.Adagrad(**kwargs)
+    return ScheduleFreeAdamW(**kwargs)
 
 
 def build_optimizer(model: keras.Model) -> None:

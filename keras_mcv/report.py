@@ -67,11 +67,15 @@ def method_label(record: dict) -> str:
         label = f"Baseline {_optimizer_name(optimizer)}"
         if _is_number(config.get("learning_rate")) and optimizer != "schedule_free_adamw":
             label += f" lr={_fmt_g(config['learning_rate'])}"
-        return label + (" (Keras momentum)" if keras_form else "")
-    name = methods.get(method).label if method in methods.REGISTRY else method
+        return label + (" (Keras momentum)" if keras_form else "") + _extras(config)
+    if method in methods.REGISTRY:
+        name = methods.get(method).label_for(config.get("method_options") or {})
+    else:
+        name = method
     if _takes_alpha(method) and _is_number(config.get("alpha")):
         name += f", α = {_fmt_g(config['alpha'])}"
-    if method in methods.REGISTRY and not methods.get(method).thesis:
+    entry = methods.REGISTRY.get(method)
+    if entry is not None and not entry.thesis and entry.takes_optimizer:
         # Beyond-the-thesis methods ran with either optimizer: say which.
         optimizer = _optimizer_name(str(config.get("optimizer", "sgd")))
         name += f" ({optimizer}, Keras momentum)" if keras_form else f" ({optimizer})"
@@ -79,7 +83,19 @@ def method_label(record: dict) -> str:
         name += " (Keras momentum)"
     if _is_number(config.get("trial_batch_size")):
         name += f", trial batch {int(config['trial_batch_size'])}"
-    return name
+    return name + _extras(config)
+
+
+def _extras(config) -> str:
+    """What `--persistency`, `--ema` and `--augment` add to a run, for its label."""
+    text = ""
+    if _is_number(config.get("persistency")):
+        text += f", persistency K = {int(config['persistency'])}"
+    if config.get("weight_ema"):
+        text += " + EMA"
+    if config.get("augment"):
+        text += " + augmentation"
+    return text
 
 
 def keras_momentum(record: dict) -> bool:
@@ -126,6 +142,7 @@ def _takes_alpha(method: str) -> bool:
 def _optimizer_name(name: str) -> str:
     return {
         "sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "schedule_free_adamw": "ScheduleFreeAdamW",
+        "adagrad": "AdaGrad",
     }.get(name.lower(), name)
 
 

@@ -203,8 +203,9 @@ class BranchStore:
 
     The race's branches (`keras_mcv.RaceModel`): `restore(j)` loads branch j
     into the variables, `save(j)` writes them back, with `j` a Python int or
-    an int32 tensor (so one `tf.while_loop` body serves every branch). Slices
-    are read and written in place.
+    an int32 tensor (so one `tf.while_loop` body serves every branch). Slots
+    are read with a gather and written in place with a scatter, which XLA
+    compiles with a tensor index too (`jit_compile=True`).
 
     Args:
         variables: the Keras or TF variables every branch owns.
@@ -227,12 +228,14 @@ class BranchStore:
         ]
 
     def save(self, j):
+        index = tf.reshape(tf.cast(j, tf.int32), [1])
         for v, s in zip(self.variables, self.stacks):
-            s[j].assign(tf.convert_to_tensor(v))
+            s.scatter_update(tf.IndexedSlices(tf.convert_to_tensor(v)[None], index))
 
     def restore(self, j):
+        j = tf.cast(j, tf.int32)
         for v, s in zip(self.variables, self.stacks):
-            v.assign(s[j])
+            v.assign(tf.gather(s, j))
 
     def fill(self):
         """Every slot = the variables' current values."""

@@ -20,7 +20,9 @@ from recipes.config import RecipeConfig
 TABLE = {
     # name: (loader, architecture, overrides, description)
     "digits_small_cnn": (
-        "recipes.digits:load", "digits_cnn", {"batch_size": 64, "epochs": 15},
+        "recipes.digits:load", "digits_cnn", {"batch_size": 64, "epochs": 15, "augment_note": (
+            "flipping a digit changes its class (or makes it no digit), and a 4-pixel shift "
+            "moves half of an 8x8 digit out of the frame")},
         "scikit-learn's bundled 8x8 digits on a small CNN: the embedded default, "
         "under a minute on 2 CPU cores",
     ),
@@ -57,6 +59,20 @@ SHARED_DEFAULTS = dict(batch_size=128, epochs=100, optimizer="sgd", momentum=0.9
 """What every recipe starts from: the thesis's SGD with momentum 0.9 in PyTorch's
 form (`TorchSGD`; LR 0.01 for fixed-LR runs), gradient batch 128, 100 epochs, and
 the learning-rate race."""
+
+_NATURAL_IMAGES = ("cifar10", "adience")
+"""Recipes (by prefix) whose `--augment` is flip, translation and jitter (Mandatelli
+2018, section 2.4); SVHN's house numbers get no flip (a mirrored digit is another shape)."""
+
+
+def _augmentation(name: str) -> dict:
+    if name.startswith(_NATURAL_IMAGES):
+        return {"augment": ("flip", "translate", "jitter")}
+    if name.startswith("svhn"):
+        return {"augment": ("translate", "jitter"),
+                "augment_note": "no horizontal flip: a mirrored house-number digit is not "
+                "the same digit"}
+    return {}
 
 
 def available() -> list:
@@ -100,7 +116,7 @@ def get_config(name: str) -> RecipeConfig:
     from keras_mcv import architectures
 
     loader, architecture, overrides, description = TABLE[_check(name)]
-    settings = {**SHARED_DEFAULTS, **overrides}
+    settings = {**SHARED_DEFAULTS, **_augmentation(name), **overrides}
     return RecipeConfig(
         name=name, load_data=_normalized(_resolve(loader)),
         build_model=architectures.get(architecture), description=description, **settings,

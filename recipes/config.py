@@ -40,6 +40,12 @@ class RecipeConfig:
         patience: MCV stopping patience in epochs. Defaults to 20.
         data_path: default `--data` location, or None.
         description: one line for `keras-mcv list`.
+        augment: the transforms `--augment` applies, names of
+            `keras_mcv.data.AUGMENT_TRANSFORMS` ("flip", "translate",
+            "jitter"); empty when the recipe cannot be augmented, and
+            `--augment` is then refused. Defaults to ().
+        augment_note: why the recipe leaves a transform out (or has none),
+            shown when `--augment` is refused. Defaults to "".
     """
 
     name: str
@@ -56,3 +62,5 @@ class RecipeConfig:
     patience: int = 20
     data_path: Optional[str] = None
     description: str = ""
+    augment: tuple = ()
+    augment_note: str = ""

@@ -145,3 +145,63 @@ def test_builders_return_uncompiled_functional_models(name):
     assert type(model).__name__ == "Functional"
     assert model.output_shape == (None, 5)
     assert model.input_shape == (None, *shape)
+
+
+# ------------------------------------------------------------------ l2 and dropout knobs
+
+SMALL = {
+    "digits_cnn": ((8, 8, 1), 1), "cifar_small_cnn": ((32, 32, 3), 2),
+    "svhn_small_cnn": ((32, 32, 3), 1), "vgg11": ((32, 32, 3), 2), "resnet18": ((32, 32, 3), 1),
+}
+"""Builder -> (input shape, dropout layers the knob adds)."""
+
+
+def kernels(model):
+    return [w for w in model.trainable_weights if w.path.endswith("kernel")]
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_knobs_default_to_the_thesis_network(name):
+    shape, _ = SMALL[name]
+    model = architectures.get(name)(shape, 10)
+    dropouts = [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    assert dropouts == ([0.5, 0.5] if name == "vgg11" else [])
+    assert not model.losses  # no regularizer anywhere
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_l2_knob_penalises_every_kernel(name):
+    shape, _ = SMALL[name]
+    keras.utils.set_random_seed(0)
+    model = architectures.get(name)(shape, 10, l2=1e-3)
+    model(np.zeros((1, *shape), "float32"))
+    expected = 1e-3 * sum(float(np.sum(np.square(k.numpy()))) for k in kernels(model))
+    assert float(sum(model.losses)) == pytest.approx(expected, rel=1e-4)
+    assert len(model.losses) == len(kernels(model))
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_dropout_knob(name):
+    shape, count = SMALL[name]
+    model = architectures.get(name)(shape, 10, dropout=0.3)
+    rates = [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    assert rates == [0.3] * count
+    assert model.count_params() == architectures.get(name)(shape, 10).count_params()
+    if name == "vgg11":
+        no_dropout = architectures.vgg11(shape, 10, dropout=0.0)
+        assert not any(isinstance(layer, keras.layers.Dropout) for layer in no_dropout.layers)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"l2": -1e-3}, "`l2` must be None or a number >= 0"),
+    ({"dropout": 1.0}, r"`dropout` must be None or a number in \[0, 1\)"),
+    ({"dropout": "0.5"}, "`dropout`"),
+])
+def test_bad_knobs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        architectures.cifar_small_cnn((32, 32, 3), 10, **kwargs)
+
+
+def test_resnet50_has_no_knobs():
+    with pytest.raises(ValueError, match="resnet50 .* has no l2 or dropout knob"):
+        architectures.resnet50((32, 32, 3), 8, l2=1e-4)

@@ -462,10 +462,13 @@ def translations(image, pad=4):
 
 def test_make_dataset_augment_is_flip_and_translate():
     x, y = small_images(6)
-    ds = data_lib.make_dataset(x, y, batch_size=3, augment=True, seed=7)
+    geometric = ("flip", "translate")
+    ds = data_lib.make_dataset(x, y, batch_size=3, augment=geometric, seed=7)
     first = np.concatenate([b[0] for b in ds.as_numpy_iterator()])
-    again = np.concatenate([b[0] for b in data_lib.make_dataset(x, y, 3, augment=True, seed=7).as_numpy_iterator()])
+    again = np.concatenate([b[0] for b in data_lib.make_dataset(x, y, 3, augment=geometric, seed=7).as_numpy_iterator()])
     np.testing.assert_array_equal(first, again)  # seeded: reproducible
+    second_epoch = np.concatenate([b[0] for b in ds.as_numpy_iterator()])
+    assert not np.array_equal(first, second_epoch)  # each epoch draws new transforms
     changed = 0
     for original, augmented in zip(x.astype("float32"), first):
         assert any(np.array_equal(augmented, t) for t in translations(original))
@@ -473,3 +476,34 @@ def test_make_dataset_augment_is_flip_and_translate():
     assert changed > 0  # 162 possible outcomes each: not all six are the identity
     with pytest.raises(ValueError, match="images"):
         data_lib.make_dataset(np.zeros((4, 3)), np.zeros(4), 2, augment=True)
+
+
+def test_make_dataset_jitter_is_brightness_and_contrast_within_the_factors():
+    # Brightness adds d to an image, contrast scales it about its per-channel
+    # mean by c: aug = c * (x - mean(x)) + mean(x) + d, clipped to the data's range.
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1.0, 1.0, size=(8, 6, 6, 3)).astype("float32")
+    x[0, 0, 0, 0], x[0, 0, 1, 0] = -3.0, 3.0  # the range, far from the other pixels
+    y = np.zeros(8, dtype="int64")
+    (aug, _), = data_lib.make_dataset(x, y, batch_size=8, augment=("jitter",), seed=5).as_numpy_iterator()
+    width = 6.0
+    for original, out in zip(x[1:], aug[1:]):  # images whose pixels never reach the clip
+        mean = original.mean(axis=(0, 1))
+        centred = (original - mean).ravel()
+        c = float(np.dot((out - mean).ravel() - (out - mean).mean(), centred - centred.mean())
+                  / np.dot(centred - centred.mean(), centred - centred.mean()))
+        d = float((out - mean - c * (original - mean)).mean())
+        np.testing.assert_allclose(out, c * (original - mean) + mean + d, atol=1e-5)
+        assert 0.9 - 1e-6 <= c <= 1.1 + 1e-6
+        assert abs(d) <= data_lib.AUGMENT_JITTER * width + 1e-6
+        assert not (c == 1.0 and d == 0.0)
+
+
+def test_augment_names_are_checked():
+    from keras_mcv.data.arrays import check_transforms
+
+    assert check_transforms(True) == ("flip", "translate", "jitter")
+    assert check_transforms(False) == () and check_transforms(None) == ()
+    assert check_transforms("flip") == ("flip",)
+    with pytest.raises(ValueError, match="rotate"):
+        check_transforms(("flip", "rotate"))

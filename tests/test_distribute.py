@@ -83,7 +83,7 @@ def _weights(model):
     (layers and optimizer slots alike).
     """
     out = {}
-    for i, v in enumerate(model.variables + model.optimizer.variables):
+    for i, v in enumerate(model.variables + model.optimizer.variables + model.mcv_state_variables):
         local = getattr(v.value, "values", None) or (v.value,)
         out[f"{i:03d}"] = [np.asarray(t) for t in local]
     return out

@@ -10,7 +10,8 @@ from keras_mcv import methods
 
 def test_registry_names_and_order():
     assert methods.names() == (
-        "baseline", "discard", "voting", "search1", "search2", "search3", "tuned", "race",
+        "baseline", "discard", "voting", "search1", "search2", "search3", "tuned", "race", "course",
+        "adaptive-nesterov", "decay", "clr",
     )
     assert [methods.order(n) for n in methods.names()] == list(range(len(methods.names())))
     assert methods.order("not_registered") == len(methods.names())

@@ -416,8 +416,10 @@ def test_save_and_load_round_trip(cls, tmp_path):
         k: v for k, v in model.get_config().items() if k in mcv_keys
     }
     assert loaded.compiled
-    for a, b in zip(loaded.variables, model.variables):
+    for a, b in zip(loaded.variables + loaded.mcv_state_variables,
+                    model.variables + model.mcv_state_variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert loaded.mcv_history == model.mcv_history
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     loaded.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
 

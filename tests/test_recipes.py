@@ -50,7 +50,8 @@ def test_digits_job_with_every_method(method, tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and "epoch 2: lr" in out
-    stem = "search2_alpha0.3" if method == "search2" else method
+    entry = methods.get(method)
+    stem = entry.run_name(entry.resolve_options(alpha=0.3 if method == "search2" else None))
     record = json.loads((tmp_path / "digits_small_cnn" / f"{stem}.json").read_text())
     assert record["status"] == "complete"
     assert record["config"]["train_examples"] == 400

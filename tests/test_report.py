@@ -238,6 +238,15 @@ def test_format_duration(seconds, text):
         ("mcv", "search2", {"momentum_form": "torch"}, "Method 2"),
         ("mcv", "search3", {"momentum_form": "torch"}, "Method 3"),
         ("mcv", "my_rule", {"optimizer": "adam"}, "my_rule"),
+        ("mcv", "adaptive-nesterov", {"optimizer": None}, "Adaptive Nesterov"),
+        ("baseline", "baseline", {"optimizer": "sgd", "momentum_form": "torch",
+                                  "learning_rate": 0.01, "persistency": 2},
+         "Baseline SGD lr=0.01, persistency K = 2"),
+        ("baseline", "baseline", {"optimizer": "adagrad", "weight_ema": True, "augment": ["flip"]},
+         "Baseline AdaGrad + EMA + augmentation"),
+        ("mcv", "race", {"optimizer": "sgd", "momentum_form": "torch", "weight_ema": True},
+         "LR race (SGD) + EMA"),
+        ("mcv", "voting", {"ema": 0.5, "momentum_form": "torch"}, "MCV-lr-voting"),  # vote EMA
     ],
 )
 def test_method_label(kind, method, config, label):

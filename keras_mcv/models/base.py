@@ -14,10 +14,13 @@ References: thesis chapter 3.
 
 from __future__ import annotations
 
+import json
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_mcv.models.wrapping import Wrappable
 
 MCV_METRIC_NAMES = ("lr", "mcv_val_loss", "discard_rate", "nonfinite_steps")
 """Logs of the training step that are not the network's metrics (kept out of `evaluate`)."""
@@ -40,16 +43,45 @@ class _Runtime:
         self.state_snapshot = None
         self.step_snapshot = None
         self.history = []
+        # The MCV state variables: kept here, out of Keras's weight tracking.
+        self.state = []
+        # The training half of the step being traced: what an empty
+        # validation half is replaced with so that no forward runs on an
+        # empty batch (`LRModel._nonempty`).
+        self.filler = None
+        # `train_on_batch` loops: the epoch and its steps so far (None: none yet).
+        self.loop = None
+        # A one-step check of the first batch, for inputs that cannot be peeked.
+        self.first_batch_check = None
 
 
-
-class LRModel(keras.Model):
+class LRModel(Wrappable, keras.Model):
     """Base class of the models that choose or judge the learning rate in `fit`.
 
     Build it like a functional `keras.Model` (`Model(inputs, outputs, ...)`) or
     wrap an existing model with `wrap`. Subclasses implement `_mcv_build`
     (pre-allocated state, made once outside `tf.function`), `_next_mode`
     (which compiled step runs next) and `train_step`.
+
+    The method's state (`mcv_state_variables`: LR, candidates, votes,
+    accumulators, counters) is not part of the user's weights: `get_weights`,
+    `set_weights`, `count_params` and `summary` see the network alone. It is
+    saved with the model all the same (`save_own_variables`): in the `.keras`
+    file, in `save_weights` files and in `keras.callbacks.BackupAndRestore`
+    backups, together with `mcv_history`.
+
+    Training with `train_on_batch`: models that decide at epoch ends
+    (`SearchModel`, `RaceModel`) need `steps_per_epoch`, and then close an
+    epoch (run `end_epoch`) after every `steps_per_epoch` calls; without it
+    they refuse `train_on_batch`. Models that decide at every step
+    (`DiscardModel`, `VotingModel`) train with `train_on_batch` as with `fit`
+    and refuse `steps_per_epoch`.
+
+    Args:
+        steps_per_epoch: `train_on_batch` calls per epoch, for the models that
+            decide at epoch ends; `fit` counts its own epochs and ignores it.
+            Defaults to None (`train_on_batch` refused by those models).
+        **kwargs: the arguments of `keras.Model`.
 
     Class attributes:
         method_name: the algorithm's short name.
@@ -63,74 +95,117 @@ class LRModel(keras.Model):
     method_name = None
     chooses_lr = True
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, steps_per_epoch=None, **kwargs):
         super().__init__(*args, **kwargs)
         self._mcv = _Runtime()
-        self._mcv_state = []
+        if steps_per_epoch is not None:
+            if not self._decides_per_epoch():
+                raise ValueError(
+                    f"{type(self).__name__} decides at every step, so `steps_per_epoch` "
+                    "does not apply: it trains with `train_on_batch` as with `fit`. Remove it."
+                )
+            if (isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int)
+                    or steps_per_epoch < 1):
+                raise ValueError(
+                    f"`steps_per_epoch` must be an integer >= 1, got {steps_per_epoch!r}: "
+                    "the number of `train_on_batch` calls in an epoch."
+                )
+        self.steps_per_epoch = steps_per_epoch
         self.mcv_ops = self._state_weight("mcv_ops", (3,), "int64", "zeros")
         self.lr_tracker = keras.metrics.Mean(name="lr")
         self.mcv_val_loss_tracker = keras.metrics.Mean(name="mcv_val_loss")
 
     # ------------------------------------------------------------------ build
 
-    @classmethod
-    def wrap(cls, model: keras.Model, *, input_shape=None, name=None, **kwargs):
-        """An MCV model that shares the layers (and weights) of `model`.
-
-        Works for Functional and Sequential models with known inputs, and for
-        subclassed models given `input_shape` (the shape without the batch axis).
-
-        Args:
-            model: the model to train with MCV.
-            input_shape: needed only when `model` has no defined inputs.
-            name: the new model's name. Defaults to `model.name`.
-            **kwargs: the MCV arguments of `cls`.
-        """
-        try:
-            inputs, outputs = model.inputs, model.outputs
-        except (AttributeError, ValueError):
-            inputs = outputs = None
-        if inputs and outputs:
-            # A one-element list would make the new model's output a list.
-            inputs = inputs[0] if len(inputs) == 1 else inputs
-            outputs = outputs[0] if len(outputs) == 1 else outputs
-        else:
-            if input_shape is None:
-                raise ValueError(
-                    f"Cannot wrap {type(model).__name__} {model.name!r}: it has no "
-                    "defined inputs. Pass `input_shape=` (without the batch axis), "
-                    "e.g. `wrap(model, input_shape=(32, 32, 3))`."
-                )
-            inputs = keras.Input(shape=tuple(input_shape))
-            outputs = model(inputs)
-        return cls(inputs, outputs, name=name or model.name, **kwargs)
-
     def _state_weight(self, name, shape, dtype, initializer):
-        """A non-trainable variable of MCV state, saved with the model's weights.
+        """A non-trainable variable of MCV state, saved with the model but not one of its weights.
 
+        Made with `keras.Variable` rather than `add_weight`, and kept out of
+        Keras's tracking (`__setattr__`), so that the user's weight list and
+        parameter counts are the network's; `save_own_variables` saves it.
         `only_first_replica`: every replica computes the same value (decisions
         use losses reduced across replicas), so one copy is authoritative.
         """
-        v = self.add_weight(
-            name=name,
-            shape=shape,
-            dtype=dtype,
-            initializer=initializer,
-            trainable=False,
-            aggregation="only_first_replica",
-        )
-        self._mcv_state.append(v)
+        if any(v.name == name for v in self._mcv.state):
+            raise ValueError(f"MCV state variable {name!r} is created twice.")
+        with keras.name_scope(self.name):
+            v = keras.Variable(
+                initializer,
+                shape=shape,
+                dtype=dtype,
+                trainable=False,
+                name=name,
+                aggregation="only_first_replica",
+            )
+        self._mcv.state.append(v)
         return v
+
+    def __setattr__(self, name, value):
+        # Keras tracks every variable assigned to a layer attribute into its
+        # weights; MCV state variables are set as plain attributes instead.
+        runtime = self.__dict__.get("_mcv")
+        if runtime is not None and any(value is v for v in runtime.state):
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
+    @property
+    def _mcv_state(self) -> list:
+        return self._mcv.state
 
     @property
     def mcv_state_variables(self) -> list:
         """The variables of MCV state (LR, candidates, votes, accumulators, counters)."""
-        return list(self._mcv_state)
+        return list(self._mcv.state)
 
     def network_variables(self) -> list:
-        """Every model variable that is not MCV state (weights, BN statistics, seeds)."""
-        state = {id(v) for v in self._mcv_state}
+        """Every model variable that is not MCV state (weights, BN statistics, seeds, metrics)."""
+        state = {id(v) for v in self._mcv.state}
         return [v for v in self.variables if id(v) not in state]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(steps_per_epoch=self.steps_per_epoch)
+        return config
+
+    # ------------------------------------------------------------- saving
+
+    def save_own_variables(self, store):
+        """Save the MCV state variables and `mcv_history` with the model's own variables.
+
+        Keys: the variables' names (`mcv_lr`, ...), `mcv_history` (its JSON
+        text as bytes) and what `_save_method_state` adds.
+        """
+        super().save_own_variables(store)
+        for v in self._mcv.state:
+            store[v.name] = v
+        store["mcv_history"] = _json_bytes(self._mcv.history)
+        self._save_method_state(store)
+
+    def load_own_variables(self, store):
+        """Load what `save_own_variables` saved."""
+        keys = set(store.keys())
+        own = self._trainable_variables + self._non_trainable_variables
+        for i, v in enumerate(own):
+            v.assign(store[f"{i}"])
+        missing = [v.name for v in self._mcv.state if v.name not in keys]
+        if missing:
+            raise ValueError(
+                f"The saved {type(self).__name__} has no MCV state {missing}: it was "
+                "saved by another model class or another configuration. Load it into "
+                "the model that saved it."
+            )
+        for v in self._mcv.state:
+            v.assign(store[v.name])
+        if "mcv_history" in keys:
+            self._mcv.history[:] = json.loads(bytes(np.asarray(store["mcv_history"])).decode())
+        self._load_method_state(store, keys)
+
+    def _save_method_state(self, store) -> None:
+        """Extra state a subclass saves with the model. Default: none."""
+
+    def _load_method_state(self, store, keys) -> None:
+        """Load what `_save_method_state` saved. Default: nothing."""
 
     @property
     def mcv_history(self) -> list:
@@ -145,6 +220,13 @@ class LRModel(keras.Model):
     def compile(self, *args, **kwargs):
         super().compile(*args, **kwargs)
         self._check_optimizer()
+        # A new optimizer has new variables: snapshots of the old ones would
+        # protect nothing. They are made again for the next step.
+        self._mcv.state_snapshot = self._mcv.step_snapshot = None
+        self._on_compile()
+
+    def _on_compile(self) -> None:
+        """What a subclass resets when compiled again. Default: nothing."""
 
     def compile_from_config(self, config):
         # Keras skips compiling a loaded model whose class overrides `compile`;
@@ -218,17 +300,48 @@ class LRModel(keras.Model):
     # ----------------------------------------------------------------- step
 
     def _gradient(self, batch, weight=None):
-        """Loss, predictions and gradients on `batch`; `weight` scales the loss differentiated."""
-        x, y, sample_weight = batch
+        """Loss, predictions and gradients on `batch`; `weight` scales the loss differentiated.
+
+        An empty `batch` gives a zero gradient (from a forward on the step's
+        training half, `_nonempty`).
+        """
+        n = batch_size_of(batch)
+        substituted = self._mcv.filler is not None and batch is not self._mcv.filler
+        x, y, sample_weight = self._nonempty(batch, n)
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
             )
             weighted = loss if weight is None else loss * tf.cast(weight, loss.dtype)
+            if substituted:
+                weighted = weighted * tf.cast(n > 0, weighted.dtype)
             scaled = self.optimizer.scale_loss(weighted)
         grads = tape.gradient(scaled, self.trainable_variables)
         return loss, y_pred, grads
+
+    def _nonempty(self, batch, n):
+        """`batch`, or the step's training half when `batch` has no example.
+
+        A graph of stacked Conv2D layers cannot run on an empty batch, so a
+        forward on an empty validation half runs on the training half instead
+        (`_mcv.filler`, set while `train_step` is traced); whatever it computes
+        is then ignored (its loss weighs 0 and its decisions are masked).
+        """
+        filler = self._mcv.filler
+        if filler is None or batch is filler:
+            return batch
+        leaves = tf.nest.flatten(batch)
+        fills = tf.nest.flatten(filler)
+        kept = [i for i, t in enumerate(leaves) if t is not None]
+        if len(leaves) != len(fills) or not kept:
+            return batch
+        chosen = tf.cond(n > 0, lambda: [leaves[i] for i in kept], lambda: [fills[i] for i in kept])
+        chosen = chosen if isinstance(chosen, (list, tuple)) else [chosen]
+        out = list(leaves)
+        for i, t in zip(kept, chosen):
+            out[i] = t
+        return tf.nest.pack_sequence_as(batch, out)
 
     def _apply(self, grads, lr=None):
         """Apply `grads` with the optimizer, at `lr` if given; returns the LR used."""
@@ -267,13 +380,93 @@ class LRModel(keras.Model):
     # ---------------------------------------------------------------- fit
 
     def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
+        self._mcv.first_batch_check = None
         self._check_batch_size(x, batch_size)
         if y is not None and len(self.outputs) == 1:
             check_labels(y, getattr(self, "loss", None), tuple(self.outputs[0].shape))
+        callbacks = list(kwargs.get("callbacks") or [])
+        self._check_lr_callbacks(callbacks)
         self._mcv.steps = None
-        if kwargs.get("callbacks"):
-            kwargs["callbacks"] = _with_backup_dirs(list(kwargs["callbacks"]))
+        self._mcv.loop = None
+        callbacks = _with_backup_dirs(callbacks)
+        if self._refuses_lr_callbacks():
+            shared = {}
+            callbacks = [_LRBefore(shared)] + callbacks + [_LRAfter(shared)]
+        kwargs["callbacks"] = callbacks
         return super().fit(x, y, batch_size, *args, **kwargs)
+
+    # ------------------------------------------------- the user's LR controls
+
+    def _decides_per_epoch(self) -> bool:
+        """True for the models that decide at epoch ends (they have `end_epoch`)."""
+        return callable(getattr(type(self), "end_epoch", None))
+
+    def _refuses_lr_callbacks(self) -> bool:
+        """True when the model sets the LR at every step, so that no callback may."""
+        return self.chooses_lr
+
+    def _lr_choice(self) -> str:
+        return "at the end of every epoch" if self._decides_per_epoch() else "at every step"
+
+    def _check_lr_callbacks(self, callbacks) -> None:
+        """Refuse, before training, the Keras callbacks that set the LR of a model that sets it."""
+        if not self._refuses_lr_callbacks():
+            return
+        from keras_mcv.sequence_update import SequenceUpdate
+
+        setters = (keras.callbacks.LearningRateScheduler, keras.callbacks.ReduceLROnPlateau,
+                   SequenceUpdate)
+        for c in callbacks:
+            if isinstance(c, setters):
+                raise ValueError(
+                    f"{type(self).__name__} chooses the learning rate itself "
+                    f"({self._lr_choice()}), so {type(c).__name__} would have no effect. "
+                    "Remove it. To combine a learning-rate search with your own LR "
+                    "callbacks, use RaceModel (once its race has chosen, the LR is the "
+                    "optimizer's and callbacks act on it) or DiscardModel (it steps at the "
+                    "optimizer's LR, schedules and callbacks included)."
+                )
+
+    # ------------------------------------------------------ train_on_batch
+
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
+        """Keras's `train_on_batch`; epochs are counted in calls (`steps_per_epoch`).
+
+        Models that decide at epoch ends close an epoch after every
+        `steps_per_epoch` calls (the decision and the `mcv_history` entry of
+        `fit`'s epoch end) and refuse `train_on_batch` without it.
+        """
+        per_epoch = self._decides_per_epoch()
+        if per_epoch and self.steps_per_epoch is None:
+            name = type(self).__name__
+            raise ValueError(
+                f"{name} decides at the end of every epoch, and train_on_batch has no "
+                f"epochs. Build it with steps_per_epoch=N ({name}(..., steps_per_epoch=N) "
+                f"or {name}.wrap(net, steps_per_epoch=N)): every N train_on_batch calls "
+                "then close an epoch. Or train with fit."
+            )
+        loop = None
+        if per_epoch:
+            if self._mcv.loop is None:
+                self._mcv.loop = {"epoch": len(self._mcv.history), "step": 0}
+            loop = self._mcv.loop
+            if loop["step"] == 0:
+                self._loop_epoch_begin(loop["epoch"])
+        logs = super().train_on_batch(x, y, sample_weight, class_weight, return_dict)
+        if loop is not None:
+            loop["step"] += 1
+            if loop["step"] >= self.steps_per_epoch:
+                self._loop_epoch_end(loop["epoch"])
+                loop["epoch"] += 1
+                loop["step"] = 0
+        return logs
+
+    def _loop_epoch_begin(self, epoch: int) -> None:
+        """A `train_on_batch` epoch begins. Default: nothing."""
+
+    def _loop_epoch_end(self, epoch: int) -> None:
+        """A `train_on_batch` epoch ends: the decision `fit` takes at an epoch's end."""
+        self.end_epoch(epoch + 1)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Private Keras hook, overridden because it is unavoidable: Keras 3.15
@@ -304,6 +497,58 @@ class LRModel(keras.Model):
         """Forward, backward and step operations run so far (in-graph counters)."""
         f, b, s = (int(v) for v in np.asarray(self.mcv_ops.numpy()))
         return {"forward": f, "backward": b, "step": s}
+
+
+class _LRBefore(keras.callbacks.Callback):
+    """Reads the optimizer's LR before the user's callbacks run (see `_LRAfter`)."""
+
+    def __init__(self, shared):
+        super().__init__()
+        self.shared = shared
+
+    def _read(self, where):
+        self.shared["lr"] = _read_lr(self.model)
+        self.shared["where"] = where
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._read(f"at the start of epoch {epoch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._read(f"at the end of epoch {epoch + 1}")
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._read(f"before step {batch + 1} of an epoch")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._read(f"after step {batch + 1} of an epoch")
+
+
+class _LRAfter(_LRBefore):
+    """Refuses a change of the LR by a callback, for models that set the LR at every step."""
+
+    def _read(self, where):
+        before, now = self.shared.get("lr"), _read_lr(self.model)
+        if before is None or now == before:
+            return
+        model = self.model
+        raise ValueError(
+            f"A callback changed the optimizer's learning rate from {before:g} to {now:g} "
+            f"{self.shared['where']}. {type(model).__name__} chooses the learning rate "
+            f"itself ({model._lr_choice()}) and would overwrite it. Remove that callback; "
+            "to set the LR yourself, use RaceModel (the LR is yours once its race is "
+            "over) or DiscardModel (it steps at the optimizer's LR)."
+        )
+
+
+def _read_lr(model):
+    lr = model.optimizer.learning_rate
+    return float(np.asarray(lr.numpy() if hasattr(lr, "numpy") else lr))
+
+
+def _json_bytes(value):
+    """`value` as JSON text in a uint8 array (what a weights store can hold)."""
+    text = json.dumps(value, default=lambda v: float(np.asarray(v)))
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()
 
 
 def selection_first(callbacks) -> list:

@@ -8,13 +8,17 @@ one compiled step trains every surviving branch on the same batch.
 
 from __future__ import annotations
 
-import numpy as np
+import json
+import warnings
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_mcv import cost
 from keras_mcv import trials
 from keras_mcv.models.base import LRModel
+from keras_mcv.models.base import _json_bytes
 from keras_mcv.models.base import batch_size_of
 from keras_mcv.models.base import selection_first
 from keras_mcv.rules import race
@@ -29,7 +33,12 @@ NOT_STARTED, RACING, FINISHED = 0, 1, 2
 
 
 class _Race:
-    """Python state of a race in progress (kept out of Keras attribute tracking)."""
+    """Python state of a race in progress (kept out of Keras attribute tracking).
+
+    Saved with the model while the race runs (`RaceModel.save_own_variables`),
+    together with the branches, as JSON: the losses are float32 values held in
+    float64, which JSON writes and reads back exactly.
+    """
 
     def __init__(self, slots):
         self.slots = list(slots)  # candidate index held by each snapshot slot, in slot order
@@ -37,6 +46,19 @@ class _Race:
         self.epochs_in_round = 0
         self.losses = []  # one row per step of the round: each slot's pre-step loss
         self.decided_this_epoch = False
+
+    def to_dict(self) -> dict:
+        return {"slots": [int(i) for i in self.slots], "round": int(self.round),
+                "epochs_in_round": int(self.epochs_in_round),
+                "losses": [[float(v) for v in row] for row in self.losses]}
+
+    @classmethod
+    def from_dict(cls, saved) -> "_Race":
+        r = cls(saved["slots"])
+        r.round = int(saved["round"])
+        r.epochs_in_round = int(saved["epochs_in_round"])
+        r.losses = [np.asarray(row, dtype=np.float64) for row in saved["losses"]]
+        return r
 
 
 @keras.saving.register_keras_serializable(package="keras_mcv")
@@ -68,26 +90,54 @@ class RaceModel(LRModel):
     horizon bias). Judging over rounds of 1, 2, 4 ... epochs removes most of
     it; measured against a fixed-LR grid in `saved_runs/beyond_thesis/`.
 
-    Logs: during the race, `loss`, the compiled metrics and `lr` are those of
-    the branch leading so far (`race.running_leader`); `mcv_val_loss` is the
-    same pre-step loss (it is measured before the step, so it is also a
+    Logs: every branch keeps its own metric state (the `loss`, `lr`,
+    `mcv_val_loss` logs and the compiled metrics), so an epoch's logs are
+    those of one branch over the whole epoch: the branch the model holds at
+    the epoch's end, whose LR `mcv_history` records. (Within an epoch, the
+    progress bar shows the branch leading so far.) `mcv_val_loss` is the same
+    pre-step loss as `loss` (it is measured before the step, so it is also a
     validation loss). `mcv_history` holds, per epoch, the racing LRs, their
     judged losses at the end of a round and the survivors.
 
+    The learning rate, the user's own: while the race runs, it sets every
+    branch's LR, and the LR the optimizer had at `compile` is not used. When
+    the race ends, the winner's LR is written into the optimizer, once; from
+    then on the optimizer's `learning_rate` is the user's, and plain steps use
+    it as plain Keras does: `model.optimizer.learning_rate = x`,
+    `keras.callbacks.LearningRateScheduler` and `ReduceLROnPlateau` act on it
+    (the race's choice is where they start). Setting the learning rate while
+    the race runs (by hand between two `fit`s, or by a callback) ends the
+    race there: the branch leading at that moment goes on, at the LR that
+    was set, with a warning, and that epoch's `mcv_history` entry says
+    `race_ended: "learning rate set"`; set before the race starts (e.g. by a
+    `LearningRateScheduler` at epoch 0), it means no race. A schedule that
+    returns the LR it is given leaves the race alone. `compile` again (with
+    a new optimizer, say) starts a new race at the next `fit`, from the
+    current weights.
+
+    `train_on_batch`: give `steps_per_epoch` (the race's rounds are counted
+    in epochs of that many calls), else it is refused. `jit_compile=True`
+    works: the branches are read with a gather and written with a scatter,
+    which XLA compiles inside the loop over branches.
+
     Memory: one copy of the weights and the optimizer state per candidate
     (K = 4 with SGD-momentum: 8 copies of the weights), held for the whole
-    `fit`.
+    `fit`; a model saved while the race runs holds them too.
 
-    Resuming: the race's branches are not saved. A run resumed (from
-    `keras.callbacks.BackupAndRestore`) inside the race goes on with the
-    branch that led at the last saved epoch, at its LR, as plain training.
-    A second `fit` in the same process (after early stopping, say) goes on
-    with the race where it stopped.
+    Resuming: while the race runs, the model's saved state (`save`,
+    `save_weights`, `keras.callbacks.BackupAndRestore`) includes the
+    branches and the race's round, losses and survivors, so a run resumed
+    from an epoch's backup (`BackupAndRestore`'s default `save_freq`) goes on
+    with the race exactly where it was: it ends bit-identical to a run that
+    never stopped (with deterministic ops). A model saved after the race
+    holds no branches. A second `fit` in the same process (after early
+    stopping, say) goes on with the race where it stopped.
 
     Args:
         candidates: the candidate LRs. Defaults to `[1e-1, 1e-2, 1e-3, 1e-4]`
             (the thesis's initial list).
-        **kwargs: `keras.Model` arguments (`inputs`, `outputs`, `name`).
+        **kwargs: `steps_per_epoch` (see `LRModel`) and the `keras.Model`
+            arguments (`inputs`, `outputs`, `name`).
 
     References: Jamieson & Talwalkar, Non-stochastic Best Arm Identification and
     Hyperparameter Optimization, AISTATS 2016 (successive halving); Wu et al.,
@@ -121,7 +171,14 @@ class RaceModel(LRModel):
         self.mcv_race_losses = self._state_weight("mcv_race_losses", (k,), "float32", "zeros")
         self._mcv.race = None
         self._mcv.race_entry = None
+        self._mcv.race_note = None
         self._mcv.branches = None
+        self._mcv.metric_branches = None
+        self._mcv.metrics_reset = False
+        self._mcv.leader_logs = None
+        # The optimizer's LR as the race last left it (None: read it when
+        # training starts); a different LR at a race step was set by the user.
+        self._mcv.lr_written = None
         self._mcv.clock = {"steps": None, "epochs": None, "epoch": 0, "epoch_steps": 0,
                            "checked": False}
 
@@ -135,10 +192,11 @@ class RaceModel(LRModel):
     def _branch_variables(self) -> list:
         """What each branch owns: weights, optimizer state, other network state.
 
-        Other network state is BatchNorm statistics and seed-generator states;
-        metric totals are shared (they report the leader).
+        Other network state is BatchNorm statistics and seed-generator states.
+        Metric state is per branch too, in a store of its own
+        (`_mcv.metric_branches`), so that logs follow one branch.
         """
-        state = {id(v) for v in self._mcv_state}
+        state = {id(v) for v in self._mcv.state}
         trainable = list(self.trainable_variables)
         trainable_ids = {id(v) for v in trainable}
         metric_ids = {id(v) for v in self.metrics_variables}
@@ -148,15 +206,75 @@ class RaceModel(LRModel):
         ]
         return trainable + list(self.optimizer.variables) + other
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Private Keras hook (see `LRModel`). Without tf.distribute, Keras
+        # builds the compiled metrics while tracing the first step; the race
+        # needs their variables before, to give every branch its own copy. So
+        # build them here, symbolically, from the batch's shapes (`_symbolic_build`
+        # is what Keras itself runs under tf.distribute; the TF epoch
+        # iterator's dataset gives the shapes without reading a batch).
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        metrics = getattr(self, "_compile_metrics", None)
+        losses = getattr(self, "_compile_loss", None)
+        if (metrics is None or metrics.built) and (losses is None or losses.built):
+            return
+        spec = data_batch
+        if spec is None and iterator is not None:
+            spec = getattr(getattr(iterator, "_distributed_dataset", None), "element_spec", None)
+        if spec is not None:
+            with self.distribute_strategy.scope():
+                self._symbolic_build(data_batch=spec)
+
     def _mcv_build(self):
         # A race never restores a trial, so it needs no snapshots: only the branches.
-        if self._mcv.branches is not None:
-            return
+        self._build_branches()
+        if self._mcv.metric_branches is None:
+            with self.distribute_strategy.scope():
+                self._mcv.metric_branches = trials.BranchStore(
+                    self.metrics_variables, len(self.candidates), "mcv_branch_metrics"
+                )
+            self._mcv.metrics_reset = True  # filled from the model's before the next race step
+
+    def _build_branches(self):
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
-        variables = self._branch_variables()
-        with self.distribute_strategy.scope():
-            self._mcv.branches = trials.BranchStore(variables, len(self.candidates), "mcv_branch")
+        if self._mcv.branches is None:
+            with self.distribute_strategy.scope():
+                self._mcv.branches = trials.BranchStore(
+                    self._branch_variables(), len(self.candidates), "mcv_branch"
+                )
+
+    def _on_compile(self) -> None:
+        """`compile` again: a new race at the next `fit`, from the current weights."""
+        self._mcv.branches = None
+        self._mcv.metric_branches = None
+        self._mcv.race = None
+        self._mcv.lr_written = None
+        if int(self.mcv_race_state.numpy()) != NOT_STARTED:
+            self.mcv_race_state.assign(NOT_STARTED)
+
+    def _on_replicas(self, fn):
+        """Run `fn` in each replica's context (metric state is per replica), or just run it."""
+        if self.distribute_strategy.num_replicas_in_sync > 1:
+            self.distribute_strategy.run(fn)
+        else:
+            fn()
+
+    def reset_metrics(self):
+        # Every branch's metric state is reset with the model's, at the next step.
+        super().reset_metrics()
+        self._mcv.metrics_reset = True
+
+    def evaluate(self, *args, **kwargs):
+        # `fit` evaluates `validation_data` after an epoch's last step with
+        # this private Keras argument. When the number of steps per epoch is
+        # unknown, the race has not closed the epoch yet: close it first, so
+        # that validation sees the branch the epoch chose.
+        if kwargs.get("_use_cached_eval_dataset"):
+            logs = self._close_epoch_late()
+            if logs:
+                self._mcv.leader_logs = logs
+        return super().evaluate(*args, **kwargs)
 
     # -------------------------------------------------------------- dispatch
 
@@ -169,6 +287,15 @@ class RaceModel(LRModel):
             self._race_start_or_finish()
         if self._mcv.race is None:
             return ("plain",)
+        if self._mcv.metrics_reset:
+            self._mcv.metrics_reset = False
+            self._on_replicas(self._mcv.metric_branches.fill)
+        if not self._refuses_lr_callbacks():
+            if self._mcv.lr_written is None:
+                self._record_lr()
+            if self._lr_now() != self._mcv.lr_written:
+                self._end_race_by_user()
+                return ("plain",)
         if self.distribute_strategy.num_replicas_in_sync > 1:
             # `optimizer.apply` cannot run inside a `tf.while_loop` under
             # tf.distribute (its merge_call): unroll, one graph per branch count.
@@ -176,21 +303,77 @@ class RaceModel(LRModel):
         # One graph for every branch count: a `tf.while_loop` over the branches.
         return ("race", None)
 
+    def _lr_now(self) -> float:
+        return float(np.asarray(self.optimizer.learning_rate.numpy()))
+
+    def _lr_as_stored(self, lr) -> float:
+        """`lr` as the optimizer's learning-rate variable holds it."""
+        dtype = np.dtype(tf.as_dtype(self.optimizer.learning_rate.dtype).as_numpy_dtype)
+        return float(np.asarray(lr, dtype=dtype))
+
+    def _record_lr(self) -> None:
+        """When training starts: the LR the race will compare with, if it has none."""
+        if self._mcv.lr_written is None and getattr(self, "optimizer", None) is not None:
+            self._mcv.lr_written = self._lr_now()
+
     def _race_start_or_finish(self):
         """At a `fit`'s first step: start the race, or end one a resume cut short."""
         state = int(self.mcv_race_state.numpy())
         if state == NOT_STARTED:
-            self._mcv.branches.fill()
+            if self._mcv.lr_written is not None and self._lr_now() != self._mcv.lr_written:
+                self._end_race_by_user()
+                return
+            self._fill_slots()
             self.mcv_race_lrs.assign(np.asarray(self.candidates, "float64"))
             self.mcv_race_alive.assign(len(self.candidates))
             self.mcv_race_leader.assign(0)
             self.mcv_race_state.assign(RACING)
             self._mcv.race = _Race(range(len(self.candidates)))
+            if self._mcv.lr_written is None:
+                self._mcv.lr_written = self._lr_now()
         elif state == RACING and self._mcv.race is None:
-            # A race begun in another process (a resumed run): its branches are
-            # gone; the weights and LR are those of its last saved leader. (A
-            # second `fit` in the same process goes on with the live race.)
+            # A race state without its branches (loaded into a model that was
+            # not compiled, say): the weights and LR are those of its last
+            # saved leader, which trains on.
+            warnings.warn(
+                "RaceModel: the race was loaded without its branches (the model was "
+                "not compiled when it was loaded); its last saved leader, LR "
+                f"{float(self.mcv_lr.numpy()):g}, trains on as plain training.",
+                stacklevel=2,
+            )
+            self.optimizer.learning_rate.assign(self._lr_as_stored(self.mcv_lr.numpy()))
             self.mcv_race_state.assign(FINISHED)
+
+    def _end_race_by_user(self):
+        """The LR was set from outside during the race: its leader goes on at that LR."""
+        now = self._lr_now()
+        r = self._mcv.race
+        epoch = self._mcv.clock["epoch"] + 1
+        if r is None:
+            warnings.warn(
+                f"RaceModel: the optimizer's learning rate was set to {now:g} before the "
+                "race could start (by a callback at the start of training, say); that "
+                f"ends the race before it starts: training goes on at {now:g} as plain "
+                "Keras training.",
+                stacklevel=3,
+            )
+        else:
+            slot = int(self.mcv_race_leader.numpy())
+            self._restore_slot(slot)
+            self.optimizer.learning_rate.assign(now)
+            lr = self.candidates[r.slots[slot]]
+            self.mcv_lr.assign(lr)
+            warnings.warn(
+                f"RaceModel: the optimizer's learning rate was set to {now:g} during the "
+                f"race (in epoch {epoch}); that ends the race: the branch leading so far "
+                f"(LR {lr:g}) trains on at {now:g}. To let the race choose, set the "
+                f"learning rate after it (it ends after epoch "
+                f"{race.race_epochs(len(self.candidates))}).",
+                stacklevel=3,
+            )
+        self._mcv.race = None
+        self.mcv_race_state.assign(FINISHED)
+        self._mcv.race_note = "learning rate set"
 
     def _after_call(self, mode) -> None:
         if mode[0] != "race":
@@ -200,12 +383,18 @@ class RaceModel(LRModel):
         r = self._mcv.race
         r.losses.append(np.asarray(self.mcv_race_losses.numpy())[: len(r.slots)].astype(np.float64))
         self.mcv_race_leader.assign(race.running_leader(r.losses))
+        # The step ends with the last branch loaded, its LR in the optimizer.
+        self._mcv.lr_written = self._lr_now()
         if clock["steps"] is not None and clock["epoch_steps"] >= clock["steps"]:
             # Decide before Keras evaluates `validation_data`, so it sees the leader.
             self._race_end_epoch()
 
     def _race_end_epoch(self):
-        """Close a race epoch: end the round if due, then load the leader into the model."""
+        """Close a race epoch: end the round if due, then load the leader into the model.
+
+        The leader comes with its weights, optimizer state (its LR included)
+        and metric state (`_restore_slot`).
+        """
         r = self._mcv.race
         if r is None or r.decided_this_epoch:
             return
@@ -233,21 +422,73 @@ class RaceModel(LRModel):
             leader_slot = 0
         else:
             leader_slot = race.ranking(judged)[0]
-        self._mcv.branches.restore(leader_slot)
+        self._restore_slot(leader_slot)
         self.mcv_lr.assign(self.candidates[r.slots[leader_slot]])
         self.mcv_race_leader.assign(leader_slot)
+        self._mcv.lr_written = self._lr_now()
         if len(r.slots) == 1:
+            # The race is over: the optimizer holds the winner's LR (restored
+            # with its branch), which is the user's from now on.
             self.mcv_race_state.assign(FINISHED)
             self._mcv.race = None
         self._mcv.race_entry = entry
 
     def _compact(self, kept):
         """Move the kept branches to slots 0..len(kept)-1, in `kept` order."""
-        self._mcv.branches.reorder(kept)
+        self._reorder_slots(kept)
         lrs = np.zeros(len(self.candidates))
         lrs[: len(kept)] = [self.candidates[self._mcv.race.slots[s]] for s in kept]
         self.mcv_race_lrs.assign(lrs)
         self.mcv_race_alive.assign(len(kept))
+
+    # The branches, with their metric state, for subclasses that race other rounds.
+
+    def _fill_slots(self):
+        """Every branch = the model as it is (weights, optimizer, metrics)."""
+        self._mcv.branches.fill()
+        self._on_replicas(self._mcv.metric_branches.fill)
+        self._mcv.metrics_reset = False
+
+    def _restore_slot(self, slot):
+        """Load branch `slot` into the model, its metric state too."""
+        self._mcv.branches.restore(slot)
+        self._on_replicas(lambda: self._mcv.metric_branches.restore(slot))
+
+    def _reorder_slots(self, kept):
+        """Slots 0..len(kept)-1 take the branches `kept` names, in its order."""
+        self._mcv.branches.reorder(kept)
+        self._on_replicas(lambda: self._mcv.metric_branches.reorder(kept))
+
+    # ---------------------------------------------------------------- saving
+
+    def _save_method_state(self, store):
+        """While the race runs: its branches and Python state (round, losses, survivors)."""
+        r = self._mcv.race
+        if not isinstance(r, _Race) or self._mcv.branches is None:
+            return
+        store["mcv_race"] = _json_bytes(r.to_dict())
+        for i, stack in enumerate(self._mcv.branches.stacks):
+            store[f"mcv_branch_{i}"] = stack.numpy()
+
+    def _load_method_state(self, store, keys):
+        self._mcv.race = None
+        self._mcv.lr_written = None
+        if "mcv_race" not in keys:
+            return
+        if getattr(self, "optimizer", None) is None:
+            return  # not compiled: no branches to fill (see `_race_start_or_finish`)
+        self._build_branches()
+        stacks = self._mcv.branches.stacks
+        saved = sorted((k for k in keys if k.startswith("mcv_branch_")),
+                       key=lambda k: int(k.rsplit("_", 1)[1]))
+        if len(saved) != len(stacks):
+            raise ValueError(
+                f"The saved race has {len(saved)} branch variables, this RaceModel "
+                f"{len(stacks)}: load it into a model with the same network and optimizer."
+            )
+        for stack, key in zip(stacks, saved):
+            stack.assign(np.asarray(store[key]))
+        self._mcv.race = _Race.from_dict(json.loads(bytes(np.asarray(store["mcv_race"])).decode()))
 
     # ----------------------------------------------------------------- step
 
@@ -260,77 +501,76 @@ class RaceModel(LRModel):
         # Under tf.distribute, weight each replica's loss by its share of the
         # global batch, so an uneven last batch takes the global mean gradient.
         share = trials.replica_share(n)
-        no_val = tf.constant(False)
         if mode[0] == "plain":
+            # After the race: a plain Keras step at the optimizer's own LR.
             loss, y_pred, grads = self._gradient(batch, weight=share)
             global_loss = trials.replica_mean(tf.cast(loss, tf.float32), n)
-            lr = self._apply(grads, self.mcv_lr)
+            lr = self._apply(grads, self._plain_lr())
             self.mcv_ops.assign_add(tf.constant(cost.BASELINE, tf.int64))
             self.mcv_val_loss_tracker.update_state(global_loss)
             return self._update_metrics(
-                batch, global_loss, y_pred, {"lr": lr, "pre_loss": None, "discarded": None}, no_val
+                batch, global_loss, y_pred, {"lr": lr, "pre_loss": None, "discarded": None},
+                tf.constant(False),
             )
-        losses, y_pred, shown = self._race_branches(batch, share, mode[1])
-        global_loss = tf.gather(losses, shown)
+        n_metrics = len(self._mcv.metric_branches.variables)
+        losses, shown = self._race_branches(batch, share, mode[1])
+        if len(self.metrics_variables) != n_metrics:
+            raise RuntimeError(
+                "RaceModel: a metric was built during the race's first step, so it would "
+                "mix the branches. Build the model's metrics first (e.g. run "
+                "`model.evaluate` on one batch before `fit`)."
+            )
         self.mcv_race_losses.assign(losses)
         alive = tf.cast(self.mcv_race_alive, tf.int64)
         self.mcv_ops.assign_add(tf.constant(cost.BASELINE, tf.int64) * alive)
-        self.mcv_val_loss_tracker.update_state(global_loss)
-        leader_lr = tf.cast(tf.gather(self.mcv_race_lrs, shown), tf.float32)
-        outcome = {"lr": leader_lr, "pre_loss": None, "discarded": None}
-        return self._update_metrics(batch, global_loss, y_pred, outcome, no_val)
+        # The step's logs: the metric state of the branch shown.
+        self._mcv.metric_branches.restore(shown)
+        return self.get_metrics_result()
 
     def _branch_step(self, j, batch, share):
-        """Branch j: load it, its loss on `batch` (before the step), its step, store it."""
-        branches = self._mcv.branches
+        """Branch j: load it (its metrics too), its loss on `batch` before its step, its step, store it."""
+        branches, metrics = self._mcv.branches, self._mcv.metric_branches
         branches.restore(j)
+        metrics.restore(j)
         loss, y_pred, grads = self._gradient(batch, weight=share)
         loss = trials.replica_mean(tf.cast(loss, tf.float32), batch_size_of(batch))
-        self._apply(grads, self.mcv_race_lrs[j])
+        lr = self._apply(grads, self.mcv_race_lrs[j])
+        self.mcv_val_loss_tracker.update_state(loss)
+        self._update_metrics(batch, loss, y_pred, {"lr": lr, "pre_loss": None, "discarded": None},
+                             tf.constant(False))
         branches.save(j)
-        return loss, y_pred
+        metrics.save(j)
+        return loss
 
     def _race_branches(self, batch, share, alive):
-        """Every racing branch's step; returns their losses, and the predictions and index shown.
+        """Every racing branch's step; returns their losses and the index of the branch shown.
 
         The logs show the leader (`mcv_race_leader`); if its loss is not finite
         on this batch, the branch with the lowest finite loss (a NaN would
-        poison the epoch's mean). Branch 0 runs first, outside the loop, so the
-        shape of the predictions carried through the loop is known.
-        `alive` is the branch count when unrolled (tf.distribute), else None:
-        a `tf.while_loop` up to `mcv_race_alive`.
+        poison the epoch's mean). `alive` is the branch count when unrolled
+        (tf.distribute), else None: a `tf.while_loop` up to `mcv_race_alive`.
         """
         k = len(self.candidates)
         leader = tf.cast(self.mcv_race_leader, tf.int32)
-        loss0, pred0 = self._branch_step(0, batch, share)
-        losses = tf.tensor_scatter_nd_update(
-            tf.fill([k], tf.constant(trials.INF, tf.float32)), [[0]], [loss0]
-        )
+        losses = tf.fill([k], tf.constant(trials.INF, tf.float32))
 
-        def select(flag, a, b):
-            return tf.nest.map_structure(lambda x, y: tf.where(flag, x, y), a, b)
+        def body(j, losses):
+            loss = self._branch_step(j, batch, share)
+            return j + 1, tf.tensor_scatter_nd_update(losses, [[j]], [loss])
 
-        def body(j, losses, shown, best, best_loss):
-            loss, pred = self._branch_step(j, batch, share)
-            losses = tf.tensor_scatter_nd_update(losses, [[j]], [loss])
-            shown = select(tf.equal(j, leader), pred, shown)
-            better = trials.as_scores(loss) < best_loss
-            return (j + 1, losses, shown, select(better, pred, best),
-                    tf.where(better, trials.as_scores(loss), best_loss))
-
-        state = (tf.constant(1), losses, pred0, pred0, trials.as_scores(loss0))
+        state = (tf.constant(0), losses)
         if alive is None:
             count = tf.cast(self.mcv_race_alive, tf.int32)
-            state = tf.while_loop(lambda j, *_: j < count, body, state)
+            state = tf.while_loop(lambda j, _: j < count, body, state)
         else:
-            for _ in range(1, alive):
+            for _ in range(alive):
                 state = body(*state)
-        _, losses, shown, best, _ = state
+        _, losses = state
         leader_ok = tf.math.is_finite(tf.gather(losses, leader))
         scores = trials.as_scores(losses)
         best_index = trials.first_index_of(scores <= tf.reduce_min(scores))
         index = tf.where(leader_ok, leader, tf.cast(best_index, tf.int32))
-        return losses, select(leader_ok, shown, best), index
+        return losses, index
 
     # ------------------------------------------------------------------ epochs
 
@@ -343,38 +583,108 @@ class RaceModel(LRModel):
         if self._mcv.race is not None:
             self._mcv.race.decided_this_epoch = False
 
+    def _loop_epoch_begin(self, epoch: int) -> None:
+        # `train_on_batch`: an epoch is `steps_per_epoch` calls, the end unknown.
+        self._clock(steps=self.steps_per_epoch, epochs=None, checked=False)
+        self._record_lr()
+        self._epoch_begin(epoch)
+
+    def _close_epoch_late(self):
+        """At an epoch's end, when its steps were not counted: decide; the leader's logs.
+
+        Returns the logs of the branch the epoch chose when this call (or
+        the validation run before it) closed the epoch, else None.
+        """
+        r = self._mcv.race
+        logs, self._mcv.leader_logs = self._mcv.leader_logs, None
+        if r is None or r.decided_this_epoch:
+            return logs
+        self._race_end_epoch()
+        return _plain_logs(self.get_metrics_result())
+
+    def _plain_lr(self):
+        """The LR of a plain step: None, the optimizer's own (the user's, after the race)."""
+        return None
+
+    def _lr_in_effect(self) -> float:
+        """The LR of the model at an epoch's end: the race's choice, or after it the optimizer's."""
+        chosen = float(self.mcv_lr.numpy())
+        if (self._mcv.race is not None or self._plain_lr() is not None
+                or getattr(self, "optimizer", None) is None):
+            return chosen
+        now = self._lr_now()
+        # The race's choice as the exact number given, until the user sets another.
+        return chosen if self._lr_as_stored(chosen) == now else now
+
     def end_epoch(self, epoch: int) -> dict:
         """This epoch's summary (appended to `mcv_history`); called by `EpochLRSelection`.
 
         Ends the race epoch first if the number of steps per epoch was unknown.
+        After the race, `lr` is the optimizer's LR at the epoch's end (before
+        the callbacks that run after `EpochLRSelection` change it).
         """
         self._race_end_epoch()
-        entry = {"epoch": int(epoch), "lr": float(self.mcv_lr.numpy()),
+        self._mcv.leader_logs = None
+        lr = self._lr_in_effect()
+        entry = {"epoch": int(epoch), "lr": lr,
                  "candidates": None, "candidate_losses": None, "race_round": None,
                  "survivors": None}
         if self._mcv.race_entry is not None:
             entry.update(self._mcv.race_entry)
-        entry["next_lr"] = float(self.mcv_lr.numpy())
+        if self._mcv.race_note is not None:
+            entry["race_ended"] = self._mcv.race_note
+            self._mcv.race_note = None
+        entry["next_lr"] = lr
         self._mcv.race_entry = None
         self._mcv.history.append(entry)
         return entry
 
     def fit(self, *args, callbacks=None, **kwargs):
-        # The clock runs first: it opens each epoch before the selection closes it.
-        callbacks = [_RaceClock()] + selection_first(callbacks)
+        # The clock runs first: it opens each epoch before the selection closes
+        # it; its twin runs last, to read the LR once the callbacks (a backup
+        # restored, say) have set it at the start of training.
+        callbacks = [_RaceClock()] + selection_first(callbacks) + [_RaceClock(last=True)]
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
-    def _checkbatch_size_of(self, x, batch_size):
-        # Whole batches train and judge: any batch size works.
-        return None
+    def _refuses_lr_callbacks(self) -> bool:
+        # The LR is the user's once the race is over; during it, a change ends it.
+        return False
+
+
+def _plain_logs(logs) -> dict:
+    out = {}
+    for key, value in logs.items():
+        try:
+            out[key] = float(np.asarray(value))
+        except (TypeError, ValueError):
+            continue
+    return out
 
 
 class _RaceClock(keras.callbacks.Callback):
-    """Tells a `RaceModel` the steps per epoch, the epoch count and each epoch's start."""
+    """Tells a `RaceModel` the steps per epoch, the epoch count and each epoch's start.
+
+    The last one in the list reads the optimizer's LR when training starts.
+    """
+
+    def __init__(self, last=False):
+        super().__init__()
+        self.last = last
 
     def on_train_begin(self, logs=None):
+        if self.last:
+            self.model._record_lr()
+            return
         self.model._clock(steps=self.params.get("steps"), epochs=self.params.get("epochs"),
                           checked=False)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.model._epoch_begin(epoch)
+        if not self.last:
+            self.model._epoch_begin(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.last:
+            return
+        leader_logs = self.model._close_epoch_late()
+        if leader_logs and logs is not None:
+            logs.update(leader_logs)

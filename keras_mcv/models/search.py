@@ -9,8 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_mcv import cost, trials
-from keras_mcv.models.base import batch_size_of
-from keras_mcv.models.base import selection_first
+from keras_mcv.models.base import batch_size_of, selection_first
 from keras_mcv.models.split import MCVModel
 from keras_mcv.optimizers import TorchSGD
 from keras_mcv.rules import search_options as selection_rules

@@ -29,8 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_mcv import cost, trials
-from keras_mcv.models.base import LRModel
-from keras_mcv.models.base import batch_size_of
+from keras_mcv.models.base import LRModel, batch_size_of
 
 
 class MCVModel(LRModel):
@@ -159,7 +158,23 @@ class MCVModel(LRModel):
             runtime.steps = int(np.asarray(self.mcv_ops.numpy())[1])
         trial = runtime.steps % self.trial_every == 0
         runtime.steps += 1
+        if trial and runtime.first_batch_check == "pending":
+            runtime.first_batch_check = int(self.mcv_untrialed_steps.numpy())
         return self._trial_mode() if trial else ("plain",)
+
+    def _after_call(self, mode) -> None:
+        """After the first trial step of a `fit` whose batches could not be read before."""
+        check = self._mcv.first_batch_check
+        if mode[0] == "plain" or not isinstance(check, int):
+            return
+        self._mcv.first_batch_check = None
+        if int(self.mcv_untrialed_steps.numpy()) > check:
+            raise ValueError(
+                "The first batch could not be split into a training half and a "
+                f"validation half of {self.validation_fraction:g} of the batch: it is "
+                "too small. Use batches of at least "
+                f"{max(2, math.ceil(1 / self.validation_fraction))} examples."
+            )
 
     def _trial_mode(self):
         return ("trial",)
@@ -178,6 +193,9 @@ class MCVModel(LRModel):
         # and every replica must take the same branch-free decision.
         n_train = batch_size_of(train)
         has_val = trials.replica_sum(batch_size_of(val)) > 0
+        # No forward runs on an empty validation half (`_nonempty`): it runs on
+        # the training half instead and its result is ignored.
+        self._mcv.filler = train
         val_nonempty = has_val
         if mode[0] == "plain":
             has_val = tf.constant(False)
@@ -201,6 +219,7 @@ class MCVModel(LRModel):
             outcome = self._finish_step(grads, tried, has_val)
             self.mcv_ops.assign_add(tf.constant(self._step_cost(), tf.int64))
         self._after_step(val, val_nonempty)
+        self._mcv.filler = None
         self.mcv_untrialed_steps.assign_add(tf.cast(tf.logical_not(has_val), tf.int64))
         logs = self._update_metrics(train, global_loss, y_pred, outcome, has_val)
         if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
@@ -232,14 +251,20 @@ class MCVModel(LRModel):
         )
 
     def _eval(self, batch):
-        """Loss on `batch` (reduced across replicas), then undo the forward's side effects."""
-        x, y, sample_weight = batch
+        """Loss on `batch` (reduced across replicas), then undo the forward's side effects.
+
+        An empty `batch` (a validation half of a batch too short to split)
+        has loss 0 and weighs nothing across replicas; no forward runs on it.
+        """
+        n = batch_size_of(batch)
+        x, y, sample_weight = self._nonempty(batch, n)
         y_pred = self(x, training=self.trial_training)
         loss = self.compute_loss(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
             training=self.trial_training,
         )
-        loss = trials.replica_mean(tf.cast(loss, tf.float32), batch_size_of(batch))
+        loss = tf.where(n > 0, tf.cast(loss, tf.float32), 0.0)
+        loss = trials.replica_mean(loss, n)
         self._mcv.state_snapshot.restore()
         return loss
 
@@ -271,18 +296,44 @@ class MCVModel(LRModel):
         """Runs after every actual step, with or without trials. Default: nothing."""
 
     def _check_batch_size(self, x, batch_size):
-        """A batch must split into a non-empty training and validation half."""
-        if batch_size is None and isinstance(x, tf.data.Dataset):
-            dim = tf.nest.flatten(x.element_spec)[0].shape
-            batch_size = dim[0] if dim.rank else None
-        elif batch_size is None and not isinstance(x, tf.data.Dataset) and x is not None:
-            batch_size = 32  # Keras's default for arrays
-        if batch_size is None:
+        """A batch must split into a non-empty training and validation half.
+
+        Read before training: the batch size of arrays (or their length, if
+        shorter), the static batch size of a `tf.data.Dataset` or else the
+        size of its first batch, the first batch of a `keras.utils.PyDataset`.
+        Other inputs (Python generators) are checked on the first trial step.
+        """
+        size = _first_batch_size(x, batch_size)
+        if size is None:
+            self._mcv.first_batch_check = "pending"
             return
-        n_val = math.floor(self.validation_fraction * batch_size)
-        if batch_size < 2 or n_val < 1:
+        n_val = math.floor(self.validation_fraction * size)
+        if size < 2 or n_val < 1:
             raise ValueError(
-                f"batch_size={batch_size} cannot be split into a training half and "
+                f"batch_size={size} cannot be split into a training half and "
                 f"a validation half of {self.validation_fraction:g} of the batch. "
                 f"Use batch_size >= {max(2, math.ceil(1 / self.validation_fraction))}."
             )
+
+
+def _first_batch_size(x, batch_size):
+    """The size of the first batch `fit` will take from `x`, or None when it cannot be read."""
+    if x is None:
+        return None
+    if isinstance(x, tf.data.Dataset):
+        dim = tf.nest.flatten(x.element_spec)[0].shape
+        if dim.rank and dim[0] is not None:
+            return int(dim[0])
+        for first in x.take(1):
+            return int(batch_size_of(first))
+        return None
+    if isinstance(x, keras.utils.PyDataset):
+        if len(x) == 0:
+            return None
+        first = x[0]
+        return int(batch_size_of(first[0] if isinstance(first, tuple) else first))
+    flat = tf.nest.flatten(x)
+    if not flat or not all(hasattr(t, "shape") and len(t.shape) > 0 for t in flat):
+        return None
+    n = int(flat[0].shape[0])
+    return min(batch_size or 32, n)  # Keras's default batch size for arrays is 32
