@@ -73,8 +73,10 @@ OTHER_METHODS = {
     "plateau": "Adam 1e-3 with ReduceLROnPlateau on validation loss (factor 0.1, patience 2)",
     "thesis": "thesis Method 1 (SearchModel) with its own optimizer, PyTorch-form SGD momentum 0.9",
     "clr": "cyclical LR (triangular) with bounds from the LR range test",
+    "nesterov": "adaptive Nesterov (AdaptiveNesterovModel: Polyak's step size every step) at the "
+                "document's defaults",
 }
-OWN_OPTIMIZER = ("sf", "sf_race", "plateau", "thesis")
+OWN_OPTIMIZER = ("sf", "sf_race", "plateau", "thesis", "nesterov")
 """Methods that bring their own optimizer: run once per problem and seed."""
 
 
@@ -223,6 +225,10 @@ def run_one(problem, optimizer, seed, spec):
         model, opt = SearchModel.wrap(net, method=1), make_optimizer("torch_sgd", 1e-3)
         batch = 2 * m
         cbs += mcv_callbacks.default(patience=20)
+    elif kind == "nesterov":
+        from keras_mcv.models.adaptive_nesterov import AdaptiveNesterovModel
+
+        model, opt = AdaptiveNesterovModel.wrap(net), None
     elif kind == "clr":
         from keras_mcv import range_test, schedules
 
@@ -239,7 +245,7 @@ def run_one(problem, optimizer, seed, spec):
     else:
         raise ValueError(f"unknown method {spec!r}")
     model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    if not model.optimizer.built:
+    if opt is not None and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     clock = _clock_callback(start)
     hist = model.fit(x_tr, y_tr, batch_size=batch, epochs=epochs, shuffle=True, verbose=0,
