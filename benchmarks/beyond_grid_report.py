@@ -94,14 +94,15 @@ def accuracy_tables(results, cells, methods):
     lines = ["## Accuracy against the anchor", "",
              "Δ = test accuracy − the anchor's (points), mean over seeds; wall = training time in single",
              "runs (mean over seeds). Goal: mean Δ ≥ +0.3 over the pairs, no pair below −0.5, wall ≤ "
-             f"{GOAL_WALL_RUNS}.", ""]
+             f"{GOAL_WALL_RUNS}. ± s.e.: the standard error of the mean Δ over all (pair, seed) runs.",
+             ""]
     pairs = list(cells)
     lines += ["| method | " + " | ".join(f"{p} {o}" for p, o in pairs)
               + " | mean Δ | worst pair | max wall | goal |",
               "|---|" + "---|" * (len(pairs) + 4)]
     summary = {}
     for spec in ["anchor (oracle: best test of 16)"] + methods:
-        cells_txt, deltas, walls = [], [], []
+        cells_txt, deltas, walls, every = [], [], [], []
         for (p, o) in pairs:
             ds, ws = [], []
             for s in cells[(p, o)]:
@@ -114,6 +115,7 @@ def accuracy_tables(results, cells, methods):
                     continue
                 ds.append((r["test_acc"] - a) * 100)
                 ws.append(r["train_s"] / single_run(results, p, o, s))
+            every += ds
             if ds:
                 d = sum(ds) / len(ds)
                 deltas.append(d)
@@ -128,8 +130,10 @@ def accuracy_tables(results, cells, methods):
             summary[spec] = (sum(deltas) / len(deltas), min(deltas), max(walls) if walls else None)
             mean, worst, wall = summary[spec]
             verdict = "–" if spec.startswith("anchor") else goal_verdict(mean, worst, wall)
+            se = statistics.stdev(every) / math.sqrt(len(every)) if len(every) > 1 else float("nan")
             lines.append(f"| {spec} | " + " | ".join(cells_txt)
-                         + f" | {mean:+.2f} | {worst:+.2f} | {_fmt(wall, 2, False)} | {verdict} |")
+                         + f" | {mean:+.2f} ± {_fmt(se, 2, False)} | {worst:+.2f} | {_fmt(wall, 2, False)} "
+                         f"| {verdict} |")
     lines.append("")
     for (p, o), seeds in cells.items():
         lines += [f"### {p} / {o}", "",

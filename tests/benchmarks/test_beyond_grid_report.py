@@ -42,5 +42,5 @@ def test_write_tables_from_synthetic_runs(tmp_path):
     text = path.read_text()
     assert "## Time to target" in text and "## Ablation of the levers" in text
     # anchor: cos:0.3 at 90.5; race +0.5 in 1.3 single runs; c_keep_cos -1.5 in 3.0.
-    assert "| race | +0.50 / 1.30 | +0.50 | +0.50 | 1.30 | met |" in text
+    assert "| race | +0.50 / 1.30 | +0.50 ± 0.00 | +0.50 | 1.30 | met |" in text
     assert "a pair -1.50 < -0.5" in text and "wall 3.00 > 2.4" in text
