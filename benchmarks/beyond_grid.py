@@ -302,6 +302,11 @@ def main(argv=None):
     p.add_argument("--out", default="saved_runs/beyond_grid")
     p.add_argument("--name", default="runs", help="stem of the .json and .md files")
     p.add_argument("--report-only", action="store_true", help="write the tables, run nothing")
+    p.add_argument("--tabulate", default=None,
+                   help="the methods to put in the tables (comma-separated; the grids always). "
+                   "Defaults to every method in the file. The scores depend on which methods "
+                   "compete: the profile's ratios are to the fastest of them.")
+    p.add_argument("--table", default=None, help="the tables' path. Defaults to <out>/<name>.md.")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, args.name + ".json")
@@ -335,7 +340,8 @@ def main(argv=None):
         _write(path, results)
     from benchmarks import beyond_grid_report
 
-    beyond_grid_report.write(results, os.path.join(args.out, args.name + ".md"))
+    only = args.tabulate.split(",") if args.tabulate else None
+    beyond_grid_report.write(results, args.table or os.path.join(args.out, args.name + ".md"), only)
     return 0
 
 

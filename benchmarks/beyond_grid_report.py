@@ -67,9 +67,11 @@ def anchor(results, problem, optimizer, seed):
     return spec, best["test_acc"], oracle
 
 
-def _methods(results, cells):
+def _methods(results, cells, only=None):
     names = []
     for spec in list(VARIANTS) + list(OTHER_METHODS):
+        if only is not None and spec not in only:
+            continue
         if any(_run(results, p, o, s, spec) for (p, o), seeds in cells.items() for s in seeds):
             names.append(spec)
     return names
@@ -267,9 +269,10 @@ def ablation_table(methods, summary, speed):
     return lines
 
 
-def write(results, path):
+def write(results, path, only=None):
+    """Write the tables of `results` to `path`; `only`: the methods to tabulate (all if None)."""
     cells = _cells(results)
-    methods = _methods(results, cells)
+    methods = _methods(results, cells, only)
     lines = ["# Beyond the grid: races against the practitioner's grids, and time to target", "",
              "Written by `benchmarks/beyond_grid.py` from the runs in the `.json` beside this file.", "",
              "Commands (CPU; load average before and after):", ""]

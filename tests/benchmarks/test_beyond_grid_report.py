@@ -44,3 +44,16 @@ def test_write_tables_from_synthetic_runs(tmp_path):
     # anchor: cos:0.3 at 90.5; race +0.5 in 1.3 single runs; c_keep_cos -1.5 in 3.0.
     assert "| race | +0.50 / 1.30 | +0.50 ± 0.00 | +0.50 | 1.30 | met |" in text
     assert "a pair -1.50 < -0.5" in text and "wall 3.00 > 2.4" in text
+
+
+def test_write_only_the_methods_asked(tmp_path):
+    runs = {}
+    for kind in ("const", "cos"):
+        for lr in HALF_DECADES:
+            runs[f"p|sgd|0|{kind}:{lr:g}"] = _run(f"{kind}:{lr:g}", 0.9, 0.9, 10.0)
+    runs["p|sgd|0|race"] = _run("race", 0.91, 0.91, 13.0)
+    runs["p|sgd|0|race_cos"] = _run("race_cos", 0.91, 0.91, 13.0)
+    path = tmp_path / "only.md"
+    report.write({"runs": runs, "problems": {}, "commands": []}, path, only=["race"])
+    text = path.read_text()
+    assert "| race |" in text and "race_cos" not in text
