@@ -184,7 +184,9 @@ def time_to_target(results, cells, methods):
              f"(seconds); budget {BUDGET_RUNS:g} single runs; grids run in sequence (largest LR first,",
              "constant before cosine) and stop at the first run that reaches the target. Speed-up:",
              "the decade grid's time (without the budget) over the method's. Score: AlgoPerf's area",
-             "under the performance profile up to r = 4 (1 = fastest on every workload).", ""]
+             "under the performance profile up to r = 4 (1 = fastest on every workload). Per",
+             "workload: r (time over the fastest method's), the workload's share of the score",
+             "max(0, 4 − r) / 3, and the speed-up ×.", ""]
     times, speedups, reference = {}, {}, {}
     rows = {}
     for (p, o), seeds in cells.items():
@@ -229,7 +231,8 @@ def time_to_target(results, cells, methods):
         sp = [scoring.speedup(reference[w], times[w][n]) for w in workloads]
         speedups[n] = sp
         lines.append(f"| {n} | {scoring.score(rs):.2f} | "
-                     + " | ".join(f"r {_fmt(r, 2, False)}, ×{_fmt(x, 2, False)}" for r, x in zip(rs, sp))
+                     + " | ".join(f"r {_fmt(r, 2, False)}, {scoring.score([r]):.2f}, ×{_fmt(x, 2, False)}"
+                                  for r, x in zip(rs, sp))
                      + f" | ×{_fmt(scoring.geometric_mean(sp), 2, False)} |")
     lines.append("")
     return lines, {n: (scoring.geometric_mean(sp), scoring.score([ratios[w][n] for w in workloads]))
