@@ -13,7 +13,7 @@ on validation excluded), and its test accuracy at the end. Results go to
 Run (repository root; CPU):
 
     .venv/bin/python -m benchmarks.beyond_grid --problems digits_mlp,digits_cnn \
-        --optimizers sgd,adam --seeds 0,1,2 --methods grid,race,course --out saved_runs/beyond_grid
+        --optimizers sgd,adam --seeds 0,1,2 --methods grid,race,c_keep_cos --out saved_runs/beyond_grid
 
 or `keras-mcv bench grid ...`. Scoring: `benchmarks.scoring`; findings:
 `docs/beyond_the_grid.md`.
