@@ -13,7 +13,7 @@ on validation excluded), and its test accuracy at the end. Results go to
 Run (repository root; CPU):
 
     .venv/bin/python -m benchmarks.beyond_grid --problems digits_mlp,digits_cnn \
-        --optimizers sgd,adam --seeds 0,1,2 --methods grid,race,course --out saved_runs/beyond_grid
+        --optimizers sgd,adam --seeds 0,1,2 --methods grid,race,c_keep_cos --out saved_runs/beyond_grid
 
 or `keras-mcv bench grid ...`. Scoring: `benchmarks.scoring`; findings:
 `docs/beyond_the_grid.md`.
@@ -73,8 +73,10 @@ OTHER_METHODS = {
     "plateau": "Adam 1e-3 with ReduceLROnPlateau on validation loss (factor 0.1, patience 2)",
     "thesis": "thesis Method 1 (SearchModel) with its own optimizer, PyTorch-form SGD momentum 0.9",
     "clr": "cyclical LR (triangular) with bounds from the LR range test",
+    "nesterov": "adaptive Nesterov (AdaptiveNesterovModel: Polyak's step size every step) at the "
+                "document's defaults",
 }
-OWN_OPTIMIZER = ("sf", "sf_race", "plateau", "thesis")
+OWN_OPTIMIZER = ("sf", "sf_race", "plateau", "thesis", "nesterov")
 """Methods that bring their own optimizer: run once per problem and seed."""
 
 
@@ -223,6 +225,10 @@ def run_one(problem, optimizer, seed, spec):
         model, opt = SearchModel.wrap(net, method=1), make_optimizer("torch_sgd", 1e-3)
         batch = 2 * m
         cbs += mcv_callbacks.default(patience=20)
+    elif kind == "nesterov":
+        from keras_mcv.models.adaptive_nesterov import AdaptiveNesterovModel
+
+        model, opt = AdaptiveNesterovModel.wrap(net), None
     elif kind == "clr":
         from keras_mcv import range_test, schedules
 
@@ -239,7 +245,7 @@ def run_one(problem, optimizer, seed, spec):
     else:
         raise ValueError(f"unknown method {spec!r}")
     model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    if not model.optimizer.built:
+    if opt is not None and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     clock = _clock_callback(start)
     hist = model.fit(x_tr, y_tr, batch_size=batch, epochs=epochs, shuffle=True, verbose=0,
@@ -296,6 +302,11 @@ def main(argv=None):
     p.add_argument("--out", default="saved_runs/beyond_grid")
     p.add_argument("--name", default="runs", help="stem of the .json and .md files")
     p.add_argument("--report-only", action="store_true", help="write the tables, run nothing")
+    p.add_argument("--tabulate", default=None,
+                   help="the methods to put in the tables (comma-separated; the grids always). "
+                   "Defaults to every method in the file. The scores depend on which methods "
+                   "compete: the profile's ratios are to the fastest of them.")
+    p.add_argument("--table", default=None, help="the tables' path. Defaults to <out>/<name>.md.")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, args.name + ".json")
@@ -329,7 +340,8 @@ def main(argv=None):
         _write(path, results)
     from benchmarks import beyond_grid_report
 
-    beyond_grid_report.write(results, os.path.join(args.out, args.name + ".md"))
+    only = args.tabulate.split(",") if args.tabulate else None
+    beyond_grid_report.write(results, args.table or os.path.join(args.out, args.name + ".md"), only)
     return 0
 
 

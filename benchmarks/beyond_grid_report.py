@@ -23,6 +23,11 @@ from benchmarks import scoring
 from benchmarks.beyond_grid import (BUDGET_RUNS, DECADES, GOAL_WALL_RUNS, HALF_DECADES,
                                     OTHER_METHODS, OWN_OPTIMIZER, VARIANTS)
 
+GOAL_MEAN_DELTA = 0.3
+"""The goal: test accuracy this many points above the anchor, on average over the pairs..."""
+GOAL_WORST_DELTA = -0.5
+"""...and no pair more than this many points below it."""
+
 GRIDS = {
     "decade grid": [f"const:{lr:g}" for lr in DECADES],
     "half-decade grid": [f"const:{lr:g}" for lr in HALF_DECADES],
@@ -62,9 +67,11 @@ def anchor(results, problem, optimizer, seed):
     return spec, best["test_acc"], oracle
 
 
-def _methods(results, cells):
+def _methods(results, cells, only=None):
     names = []
     for spec in list(VARIANTS) + list(OTHER_METHODS):
+        if only is not None and spec not in only:
+            continue
         if any(_run(results, p, o, s, spec) for (p, o), seeds in cells.items() for s in seeds):
             names.append(spec)
     return names
@@ -89,13 +96,15 @@ def accuracy_tables(results, cells, methods):
     lines = ["## Accuracy against the anchor", "",
              "Δ = test accuracy − the anchor's (points), mean over seeds; wall = training time in single",
              "runs (mean over seeds). Goal: mean Δ ≥ +0.3 over the pairs, no pair below −0.5, wall ≤ "
-             f"{GOAL_WALL_RUNS}.", ""]
+             f"{GOAL_WALL_RUNS}. ± s.e.: the standard error of the mean Δ over all (pair, seed) runs.",
+             ""]
     pairs = list(cells)
-    lines += ["| method | " + " | ".join(f"{p} {o}" for p, o in pairs) + " | mean Δ | worst pair | max wall |",
-              "|---|" + "---|" * (len(pairs) + 3)]
+    lines += ["| method | " + " | ".join(f"{p} {o}" for p, o in pairs)
+              + " | mean Δ | worst pair | max wall | goal |",
+              "|---|" + "---|" * (len(pairs) + 4)]
     summary = {}
     for spec in ["anchor (oracle: best test of 16)"] + methods:
-        cells_txt, deltas, walls = [], [], []
+        cells_txt, deltas, walls, every = [], [], [], []
         for (p, o) in pairs:
             ds, ws = [], []
             for s in cells[(p, o)]:
@@ -108,6 +117,7 @@ def accuracy_tables(results, cells, methods):
                     continue
                 ds.append((r["test_acc"] - a) * 100)
                 ws.append(r["train_s"] / single_run(results, p, o, s))
+            every += ds
             if ds:
                 d = sum(ds) / len(ds)
                 deltas.append(d)
@@ -121,8 +131,11 @@ def accuracy_tables(results, cells, methods):
         if deltas:
             summary[spec] = (sum(deltas) / len(deltas), min(deltas), max(walls) if walls else None)
             mean, worst, wall = summary[spec]
+            verdict = "–" if spec.startswith("anchor") else goal_verdict(mean, worst, wall)
+            se = statistics.stdev(every) / math.sqrt(len(every)) if len(every) > 1 else float("nan")
             lines.append(f"| {spec} | " + " | ".join(cells_txt)
-                         + f" | {mean:+.2f} | {worst:+.2f} | {_fmt(wall, 2, False)} |")
+                         + f" | {mean:+.2f} ± {_fmt(se, 2, False)} | {worst:+.2f} | {_fmt(wall, 2, False)} "
+                         f"| {verdict} |")
     lines.append("")
     for (p, o), seeds in cells.items():
         lines += [f"### {p} / {o}", "",
@@ -138,7 +151,19 @@ def accuracy_tables(results, cells, methods):
                            f"{r['train_s']/single_run(results, p, o, s):.2f}) {_lrs(r)}".strip())
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
-    return lines
+    return lines, summary
+
+
+def goal_verdict(mean, worst, wall):
+    """"met", or what misses: mean Δ < +0.3, a pair below −0.5, wall over the goal."""
+    misses = []
+    if mean < GOAL_MEAN_DELTA:
+        misses.append(f"mean {mean:+.2f} < {GOAL_MEAN_DELTA:+.1f}")
+    if worst < GOAL_WORST_DELTA:
+        misses.append(f"a pair {worst:+.2f} < {GOAL_WORST_DELTA:+.1f}")
+    if wall is None or wall > GOAL_WALL_RUNS:
+        misses.append(f"wall {_fmt(wall, 2, False)} > {GOAL_WALL_RUNS}")
+    return "met" if not misses else "no: " + "; ".join(misses)
 
 
 def target_of(results, p, o, seeds):
@@ -159,7 +184,9 @@ def time_to_target(results, cells, methods):
              f"(seconds); budget {BUDGET_RUNS:g} single runs; grids run in sequence (largest LR first,",
              "constant before cosine) and stop at the first run that reaches the target. Speed-up:",
              "the decade grid's time (without the budget) over the method's. Score: AlgoPerf's area",
-             "under the performance profile up to r = 4 (1 = fastest on every workload).", ""]
+             "under the performance profile up to r = 4 (1 = fastest on every workload). Per",
+             "workload: r (time over the fastest method's), the workload's share of the score",
+             "max(0, 4 − r) / 3, and the speed-up ×.", ""]
     times, speedups, reference = {}, {}, {}
     rows = {}
     for (p, o), seeds in cells.items():
@@ -204,15 +231,51 @@ def time_to_target(results, cells, methods):
         sp = [scoring.speedup(reference[w], times[w][n]) for w in workloads]
         speedups[n] = sp
         lines.append(f"| {n} | {scoring.score(rs):.2f} | "
-                     + " | ".join(f"r {_fmt(r, 2, False)}, ×{_fmt(x, 2, False)}" for r, x in zip(rs, sp))
+                     + " | ".join(f"r {_fmt(r, 2, False)}, {scoring.score([r]):.2f}, ×{_fmt(x, 2, False)}"
+                                  for r, x in zip(rs, sp))
                      + f" | ×{_fmt(scoring.geometric_mean(sp), 2, False)} |")
+    lines.append("")
+    return lines, {n: (scoring.geometric_mean(sp), scoring.score([ratios[w][n] for w in workloads]))
+                   for n, sp in speedups.items()}
+
+
+def levers(name):
+    """(level shape, courses after the race, plan, finer LR?) of a race variant."""
+    options = VARIANTS[name][0]
+    if options is None:
+        return "constant", "–", "–", "no"
+    courses = options.get("courses", ("keep", "cosine"))
+    finer = any(c[-1] in "+-~" for c in courses)
+    return (options.get("level_shape", "constant"), " / ".join(courses) if courses else "–",
+            options.get("plan", "final") if courses else "–", "yes" if finer else "no")
+
+
+def ablation_table(methods, summary, speed):
+    """One row per race variant: its levers, mean and worst Δ, wall, time-to-target figures."""
+    lines = ["## Ablation of the levers", "",
+             "Levers: the shape every LR candidate follows in the level race, the courses raced",
+             "from the winner's point (a choice when more than one), the round plan, and whether",
+             "a finer LR (half a decade around the winner) is raced. Δ and wall as above; speed-up",
+             "and score from the time-to-target table.", "",
+             "| variant | level shape | courses after the race | plan | finer LR | mean Δ | worst pair "
+             "| max wall | score | speed-up |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in methods:
+        if name not in VARIANTS or name not in summary:
+            continue
+        mean, worst, wall = summary[name]
+        geo, sc = speed.get(name, (None, None))
+        lines.append(f"| {name} | " + " | ".join(levers(name))
+                     + f" | {mean:+.2f} | {worst:+.2f} | {_fmt(wall, 2, False)} | "
+                     + ("–" if sc is None else f"{sc:.2f}") + " | "
+                     + ("–" if geo is None else f"×{_fmt(geo, 2, False)}") + " |")
     lines.append("")
     return lines
 
 
-def write(results, path):
+def write(results, path, only=None):
+    """Write the tables of `results` to `path`; `only`: the methods to tabulate (all if None)."""
     cells = _cells(results)
-    methods = _methods(results, cells)
+    methods = _methods(results, cells, only)
     lines = ["# Beyond the grid: races against the practitioner's grids, and time to target", "",
              "Written by `benchmarks/beyond_grid.py` from the runs in the `.json` beside this file.", "",
              "Commands (CPU; load average before and after):", ""]
@@ -228,7 +291,8 @@ def write(results, path):
         lines.append(f"- `{m}`: " + (VARIANTS[m][1] if m in VARIANTS else OTHER_METHODS[m]))
     lines.append("")
     if cells:
-        lines += accuracy_tables(results, cells, methods)
-        lines += time_to_target(results, cells, methods)
+        accuracy, summary = accuracy_tables(results, cells, methods)
+        timing, speed = time_to_target(results, cells, methods)
+        lines += accuracy + timing + ablation_table(methods, summary, speed)
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -527,15 +527,17 @@ BENCHMARKS = {
     "e2e": ("benchmarks.e2e", "time to accuracy: macro-CV grid, every method and anchors"),
     "schedules": ("benchmarks.schedules",
                   "decay sequences x strategies against fixed SGD/Adam, CLR and the race"),
+    "grid": ("benchmarks.beyond_grid",
+             "the races against the half-decade grids, and time to target"),
 }
 """`keras-mcv bench NAME ARGS` runs `main(ARGS)` of the module; `ARGS --help` lists its flags."""
 
 
 def _add_bench_parser(sub) -> None:
-    """Add `keras-mcv bench {step,e2e} [...]`: the benchmarks, which live outside the package."""
+    """Add `keras-mcv bench {step,e2e,schedules,grid} [...]`: the benchmarks, which live outside the package."""
     p = sub.add_parser(
         "bench",
-        help="benchmarks (step, e2e, schedules)",
+        help="benchmarks (step, e2e, schedules, grid)",
         description="Performance benchmarks, timed in one process. "
         + " ".join(f"{name}: {text}." for name, (_, text) in BENCHMARKS.items())
         + " `keras-mcv bench NAME --help` lists a benchmark's flags.",
