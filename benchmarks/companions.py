@@ -359,7 +359,11 @@ def main(argv=None):
     saved = save_arm(json_path, meta, record_rows=record_rows)  # refuses other settings now
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
+                                text=True, check=False).stdout.strip()
+        # The code, not the records this writes, decides whether the commit reproduces the run.
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "benchmarks", "keras_mcv",
+                                  "recipes"], capture_output=True, text=True, check=False).stdout
+        commit += " with uncommitted code changes" if changed.strip() else ""
     except OSError:
         commit = None
     for arm in arms:
