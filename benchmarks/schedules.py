@@ -301,29 +301,39 @@ def _winners(keys, source, index, largest):
 
 def shape(rows, document=None):
     """Which strategy and sequence win, by test accuracy and by convergence, ours and the document's."""
-    ours = {k: (r["test_accuracy"], r["convergence"]) for k, r in rows}
+    # A row none of whose seeds converged has no convergence to rank (its mean counts the
+    # budget), so it cannot be "fastest".
+    ours = {k: (r["test_accuracy"],
+                r["convergence"] if any(isinstance(c, (int, float)) and not isinstance(c, bool)
+                                        for c in r.get("convergences", [r["convergence"]]))
+                else None)
+            for k, r in rows}
 
-    def names(keys, short):
+    def names(keys, short, candidates, source, index):
         if not keys:
             return "none converged"
+        ranked = [k for k in candidates if source.get(k) is not None
+                  and source[k][index] is not None]
+        if len(keys) == len(ranked) > 1:
+            return f"all {len(ranked)} tied"
         return ", ".join(k[1] if short else _label(k) for k in keys)
+
+    def winners(keys, source, short):
+        return (f"{names(_winners(keys, source, 0, True), short, keys, source, 0)}; "
+                f"{'' if source is not ours else 'fastest '}"
+                f"{names(_winners(keys, source, 1, False), short, keys, source, 1)}")
 
     lines = []
     for strategy in STRATEGIES:
         keys = [(strategy, s) for s in SEQUENCES]
-        text = (f"- {STRATEGY_NAMES[strategy]}: best accuracy "
-                f"{names(_winners(keys, ours, 0, True), True)}; fastest "
-                f"{names(_winners(keys, ours, 1, False), True)}")
+        text = f"- {STRATEGY_NAMES[strategy]}: best accuracy {winners(keys, ours, True)}"
         if document:
-            text += (f" (document: {names(_winners(keys, document, 0, True), True)}; "
-                     f"{names(_winners(keys, document, 1, False), True)})")
+            text += f" (document: {winners(keys, document, True)})"
         lines.append(text)
     keys = [(st, s) for st in STRATEGIES for s in SEQUENCES]
-    text = (f"- Overall: best accuracy {names(_winners(keys, ours, 0, True), False)}; fastest "
-            f"{names(_winners(keys, ours, 1, False), False)}")
+    text = f"- Overall: best accuracy {winners(keys, ours, False)}"
     if document:
-        text += (f" (document: {names(_winners(keys, document, 0, True), False)}; "
-                 f"{names(_winners(keys, document, 1, False), False)})")
+        text += f" (document: {winners(keys, document, False)})"
     lines.append(text)
     return "\n".join(lines)
 

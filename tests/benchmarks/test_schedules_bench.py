@@ -63,3 +63,9 @@ def test_shape_names_ties_and_the_document():
             for i, s in enumerate(bench.SEQUENCES, start=3)]
     text = bench.shape(rows, bench.DOCUMENT["CIFAR-10"])
     assert "- By Epoch: best accuracy seq2, seq3; fastest seq1 (document: seq3; seq1)" in text
+    # A strategy whose rows are one run (nothing fired) and never converged says so.
+    rows = [((st, s), bench.aggregate([_row(0.4, None)])) for st in bench.STRATEGIES
+            for s in bench.SEQUENCES]
+    text = bench.shape(rows, bench.DOCUMENT["CIFAR-10"])
+    assert "- By Cutoff: best accuracy all 4 tied; fastest none converged (document: seq1; seq1)" in text
+    assert "- Overall: best accuracy all 12 tied; fastest none converged (document: " in text
