@@ -114,8 +114,7 @@ def run_arm(arm, config, data, epochs, m, seed):
 
     steps_per_epoch = math.ceil(len(data.y_train) / m)
     keras.utils.set_random_seed(seed)
-    model = _wrap(arm, config.build_model(data.input_shape, data.num_classes),
-                  getattr(config, "candidates", None))
+    model = _wrap(arm, config.build_model(data.input_shape, data.num_classes), config.candidates)
     optimizer = _optimizer(arm, config, epochs, steps_per_epoch)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     if optimizer is not None:

@@ -304,9 +304,7 @@ def shape(rows, document=None):
     # A row none of whose seeds converged has no convergence to rank (its mean counts the
     # budget), so it cannot be "fastest".
     ours = {k: (r["test_accuracy"],
-                r["convergence"] if any(isinstance(c, (int, float)) and not isinstance(c, bool)
-                                        for c in r.get("convergences", [r["convergence"]]))
-                else None)
+                r["convergence"] if any(isinstance(c, int) for c in r["convergences"]) else None)
             for k, r in rows}
 
     def names(keys, short, candidates, source, index):

@@ -113,9 +113,10 @@ def test_race_and_sgd_arms_run_end_to_end_on_digits(tmp_path):
     race = saved["runs"]["race"]["epochs"]
     assert len(race) == 2 and all(0.0 <= r["test_accuracy"] <= 1.0 for r in race)
     # The race logs the leader's LR, one of the candidates.
+    from keras_mcv.rules.thesis import DEFAULT_CANDIDATES
     from recipes import get_config
 
-    candidates = get_config("digits_small_cnn").candidates or (0.1, 0.01, 0.001, 0.0001)
+    candidates = get_config("digits_small_cnn").candidates or DEFAULT_CANDIDATES
     assert all(min(abs(r["lr"] / c - 1) for c in candidates) < 1e-6 for r in race)  # float32
     assert os.path.exists(os.path.join(out, "t.png"))
     with pytest.raises(SystemExit):  # argparse's error: the reason on stderr, exit status 2
