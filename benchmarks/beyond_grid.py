@@ -73,6 +73,8 @@ OTHER_METHODS = {
     "plateau": "Adam 1e-3 with ReduceLROnPlateau on validation loss (factor 0.1, patience 2)",
     "thesis": "thesis Method 1 (SearchModel) with its own optimizer, PyTorch-form SGD momentum 0.9",
     "clr": "cyclical LR (triangular) with bounds from the LR range test",
+    "race_plateau": "RaceModel, then ReduceLROnPlateau on validation loss from its winner (the "
+                    "plateau method's rule: factor 0.1, patience 2)",
     "nesterov": "adaptive Nesterov (AdaptiveNesterovModel: Polyak's step size every step) at the "
                 "document's defaults",
 }
@@ -219,6 +221,13 @@ def run_one(problem, optimizer, seed, spec):
     elif kind == "plateau":
         model, opt = net, make_optimizer("adam", 1e-3)
         cbs.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=2))
+    elif kind == "race_plateau":
+        from keras_mcv.models import RaceModel
+
+        # RaceModel hands the optimizer's LR to the user's callbacks once the race has
+        # ended; a reduction while it runs ends the race at the leader (documented there).
+        model, opt = RaceModel.wrap(net), make_optimizer(optimizer, 1e-3)
+        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=2))
     elif kind == "thesis":
         from keras_mcv.models import SearchModel
 
@@ -260,7 +269,8 @@ def run_one(problem, optimizer, seed, spec):
     history = getattr(model, "mcv_history", None)
     if history:
         out["history"] = [{k: e.get(k) for k in ("epoch", "lr", "race_round", "courses", "survivors",
-                                                   "survivor_courses", "candidates")}
+                                                   "survivor_courses", "candidates",
+                                                   "race_ended")}
                           for e in history]
     return out
 

@@ -178,6 +178,13 @@ def record_row(label, path):
     with open(path) as f:
         record = json.load(f)
     kind = record.get("format", "")
+    if kind.startswith("keras_mcv.run/"):
+        from keras_mcv import records
+
+        try:
+            record = records.read_record(path)
+        except records.RunRecordError as e:
+            raise SystemExit(str(e)) from None
     row = {"label": label, "path": path, "wall_s": record.get("wall_time_s")}
     if kind.startswith("keras_mcv.run/"):
         if record.get("status") != "complete":

@@ -7,6 +7,7 @@ import pathlib
 import pytest
 
 from benchmarks import companions as bench
+from keras_mcv import records
 
 META = {"recipe": "digits_small_cnn", "train_examples": 100, "test_examples": 50, "epochs": 2,
         "batch_m": 32, "seed": 0}
@@ -30,16 +31,23 @@ def _write(path, record):
     return str(path)
 
 
+def _run_record(path, kind, accuracy, wall_s, epochs, status="complete"):
+    record = records.new_record(kind, "digits_small_cnn", "baseline" if kind != "macro" else "macro")
+    for epoch in range(1, epochs + 1):
+        records.add_epoch(record, epoch, wall_s * epoch / epochs, {"loss": 1.0}, lr=0.01)
+    if status != "running":
+        records.finalize(record, status, wall_time_s=wall_s,
+                         test={"loss": 1.0, "accuracy": accuracy})
+    records.write_record(path, record)
+    return str(path)
+
+
 def test_record_rows_from_a_grid_a_run_and_a_random_search(tmp_path):
-    grid = _write(tmp_path / "macro.json", {
-        "format": "keras_mcv.run/1", "kind": "macro", "status": "complete",
-        "test": {"accuracy": 0.4423}, "wall_time_s": 1452.0, "epochs": [{}] * 10})
+    grid = _run_record(tmp_path / "macro.json", "macro", 0.4423, 1452.0, 10)
     row = bench.record_row("grid", grid)
-    assert row["accuracy"] == 0.4423 and row["wall_s"] == 1452.0
+    assert row["accuracy"] == 0.4423 and row["wall_s"] == 1452.0 and row["epochs"] == 10
     assert row["source"].startswith("macro-CV grid")
-    run = _write(tmp_path / "run.json", {
-        "format": "keras_mcv.run/1", "kind": "run", "status": "complete",
-        "test": {"accuracy": 0.9}, "wall_time_s": 3.0, "epochs": [{}] * 4})
+    run = _run_record(tmp_path / "run.json", "baseline", 0.9, 3.0, 4)
     assert bench.record_row("run", run)["source"] == "run record"
     search = _write(tmp_path / "random_search.json", {
         "format": "keras_mcv.random_search/1", "wall_time_s": 60.0,
@@ -59,10 +67,15 @@ def test_bad_record_rows_are_refused_with_the_reason(tmp_path):
         bench.parse_record_args(["no-equals-sign"])
     with pytest.raises(SystemExit, match="no file"):
         bench.parse_record_args([f"x={tmp_path / 'missing.json'}"])
-    running = _write(tmp_path / "running.json", {
-        "format": "keras_mcv.run/1", "status": "running", "test": None})
+    running = _run_record(tmp_path / "running.json", "baseline", None, 2.0, 2, status="running")
     with pytest.raises(SystemExit, match="not complete"):
         bench.record_row("r", running)
+    # A run record the project's validator refuses is refused with its reason.
+    broken = _write(tmp_path / "broken.json", {
+        "format": "keras_mcv.run/1", "kind": "run", "status": "complete",
+        "test": {"accuracy": 0.9}, "wall_time_s": 3.0, "epochs": [{}] * 4})
+    with pytest.raises(SystemExit, match="broken.json"):
+        bench.record_row("b", broken)
     other = _write(tmp_path / "other.json", {"format": "something/1"})
     with pytest.raises(SystemExit, match="neither"):
         bench.record_row("o", other)
