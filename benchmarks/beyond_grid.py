@@ -78,6 +78,8 @@ OTHER_METHODS = {
     "nesterov": "adaptive Nesterov (AdaptiveNesterovModel: Polyak's step size every step) at the "
                 "document's defaults",
 }
+PLATEAU_RULE = {"monitor": "val_loss", "factor": 0.1, "patience": 2}
+"""`ReduceLROnPlateau`'s settings in `plateau` and `race_plateau` (one rule for both)."""
 OWN_OPTIMIZER = ("sf", "sf_race", "plateau", "thesis", "nesterov")
 """Methods that bring their own optimizer: run once per problem and seed."""
 
@@ -220,14 +222,14 @@ def run_one(problem, optimizer, seed, spec):
         cbs.append(mcv_callbacks.ScheduleFreeEvaluation())
     elif kind == "plateau":
         model, opt = net, make_optimizer("adam", 1e-3)
-        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=2))
+        cbs.append(keras.callbacks.ReduceLROnPlateau(**PLATEAU_RULE))
     elif kind == "race_plateau":
         from keras_mcv.models import RaceModel
 
         # RaceModel hands the optimizer's LR to the user's callbacks once the race has
         # ended; a reduction while it runs ends the race at the leader (documented there).
         model, opt = RaceModel.wrap(net), make_optimizer(optimizer, 1e-3)
-        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=2))
+        cbs.append(keras.callbacks.ReduceLROnPlateau(**PLATEAU_RULE))
     elif kind == "thesis":
         from keras_mcv.models import SearchModel
 
